@@ -1,0 +1,43 @@
+"""The built-in plugin: registers GANPO, MMD, both discriminators and the preference losses
+through the same hooks a third-party plugin implements."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from .config import GANPOConfig
+from .discriminators import MLPDiscriminator, TransformerDiscriminator
+from .hookspecs import hookimpl
+from .preference import PreferenceLoss, builtin_preference_losses
+
+
+def _transformer(input_size: int, config: GANPOConfig) -> nn.Module:
+    d = config.discriminator
+    return TransformerDiscriminator(
+        input_size, d.d_model, d.num_layers, d.num_heads, d.ffn_size, d.dropout, config.max_positions, d.spectral_norm
+    )
+
+
+def _mlp(input_size: int, config: GANPOConfig) -> nn.Module:
+    d = config.discriminator
+    return MLPDiscriminator(input_size, d.d_model, d.num_layers, d.spectral_norm)
+
+
+@hookimpl
+def ganpo_regularizers() -> Mapping[str, Callable[..., Any]]:
+    from .ganpo import GANPORegularizer
+    from .mmd import MMDRegularizer
+
+    return {"ganpo": GANPORegularizer, "mmd": MMDRegularizer}
+
+
+@hookimpl
+def ganpo_discriminators() -> Mapping[str, Callable[..., Any]]:
+    return {"transformer": _transformer, "mlp": _mlp}
+
+
+@hookimpl
+def ganpo_preference_losses() -> Mapping[str, PreferenceLoss]:
+    return builtin_preference_losses()

@@ -1,0 +1,53 @@
+"""Collectives a stateful regularizer needs to keep every data-parallel rank identical."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["all_reduce_sum", "average_gradients", "data_parallel_group", "rank"]
+
+
+def data_parallel_group(group: Any = None) -> Any:
+    """``group`` if given, else the default group when torch.distributed runs on > 1 process,
+    else ``None`` (nothing to reduce)."""
+    if group is not None:
+        return group
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.group.WORLD
+    return None
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def all_reduce_sum(tensor: Tensor, group: Any) -> Tensor:
+    """Sum ``tensor`` in place over ``group`` (no-op without a group)."""
+    if group is not None:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return tensor
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter], group: Any) -> None:
+    """Replace each gradient by its mean over ``group`` with one flat all-reduce, as DDP does.
+
+    Parameters without a gradient take part as zeros, so every rank sends the same layout.
+    """
+    if group is None:
+        return
+    params = list(params)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    flat /= dist.get_world_size(group)
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n

@@ -1,0 +1,57 @@
+"""Hook specifications: the extension points of ganpo-plugins.
+
+A plugin is a module or object with functions decorated by :data:`hookimpl` whose names match
+the specs below. The built-ins (:mod:`ganpo_plugins.builtin`) register through exactly these
+hooks. A third-party package exposes its plugin under the entry-point group
+``ganpo_plugins``; the entry point's *name* is the name a config uses, and the plugin is
+imported only when a config asks for that name::
+
+    [project.entry-points.ganpo_plugins]
+    my_regularizer = "my_package.plugin"
+
+Factories:
+
+- regularizer: ``factory(config: GANPOConfig, context: RegularizerContext) -> LatentRegularizer``
+- discriminator: ``factory(input_size: int, config: GANPOConfig) -> nn.Module`` mapping
+  ``(hidden [B, T, H], mask [B, T])`` to scores ``[B]``
+- preference loss: a :class:`ganpo_plugins.preference.PreferenceLoss`
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .preference import PreferenceLoss
+
+PROJECT = "ganpo_plugins"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def ganpo_regularizers() -> Mapping[str, Callable[..., Any]]:
+    """Contribute latent regularizers: ``{name: factory(config, context)}``.
+
+    The factory returns an object satisfying :class:`ganpo_plugins.protocol.LatentRegularizer`.
+    Names must be unique across all plugins.
+    """
+
+
+@hookspec
+def ganpo_discriminators() -> Mapping[str, Callable[..., Any]]:
+    """Contribute discriminator architectures: ``{name: factory(input_size, config)}``."""
+
+
+@hookspec
+def ganpo_preference_losses() -> Mapping[str, PreferenceLoss]:
+    """Contribute base preference losses: ``{name: PreferenceLoss}``."""
+
+
+@hookspec
+def ganpo_step_metrics(step: int, metrics: Mapping[str, float]) -> None:
+    """Observe the regularizer metrics an adapter is about to log at optimiser step ``step``
+    (names carry the ``ganpo/`` prefix). Return value ignored."""

@@ -1,0 +1,57 @@
+"""A non-adversarial latent regularizer: kernel MMD between pooled policy and reference latents.
+
+It has no parameters and learns nothing; it exists to show that the protocol is not tied to
+discriminators. ``L_reg = MMD²(pool h_θ+, pool h_r+) + MMD²(pool h_θ−, pool h_r−)`` over the
+pairs of a micro-batch, with :func:`ganpo_plugins.functional.rbf_mmd2` and masked mean pooling.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import GANPOConfig
+from .functional import masked_mean, rbf_mmd2
+from .protocol import LatentBatch, Metrics, RegularizerContext, RegularizerOutput, StepInfo
+
+__all__ = ["MMDOptions", "MMDRegularizer"]
+
+
+class MMDOptions(BaseModel):
+    """``options:`` of the ``mmd`` regularizer."""
+
+    model_config = ConfigDict(extra="forbid")
+    bandwidths: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0), min_length=1)
+
+
+class MMDRegularizer:
+    """RBF-kernel MMD between pooled policy and reference latents, chosen and rejected."""
+
+    name = "mmd"
+    config_keys: frozenset[str] = frozenset()
+    options_model = MMDOptions
+
+    def __init__(self, config: GANPOConfig, context: RegularizerContext) -> None:
+        self.weight = config.weight
+        self.mask = config.mask
+        self.options = MMDOptions.model_validate(config.options)
+
+    def update(self, batch: LatentBatch, info: StepInfo) -> Metrics:
+        return {}
+
+    def policy_term(self, batch: LatentBatch) -> RegularizerOutput:
+        mask_c, mask_r = batch.positions(self.mask)
+        bw = self.options.bandwidths
+        chosen = rbf_mmd2(masked_mean(batch.policy_chosen.float(), mask_c), masked_mean(batch.ref_chosen.float(), mask_c), bw)
+        rejected = rbf_mmd2(
+            masked_mean(batch.policy_rejected.float(), mask_r), masked_mean(batch.ref_rejected.float(), mask_r), bw
+        )
+        mmd = chosen + rejected
+        return RegularizerOutput(self.weight * mmd, {"mmd_chosen": chosen.item(), "mmd_rejected": rejected.item()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass

@@ -1,0 +1,70 @@
+"""Base preference losses as registry entries: the GPO family and SimPO.
+
+Adapters give a :class:`PairLogps` built from the host's own log-probabilities and get the
+per-example loss; the math lives in :mod:`ganpo_plugins.functional`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from torch import Tensor
+
+from .functional import GPO_KINDS, gpo_loss, preference_logits, simpo_loss
+
+__all__ = ["PairLogps", "PreferenceLoss", "builtin_preference_losses"]
+
+
+@dataclass(frozen=True)
+class PairLogps:
+    """Summed response log-probabilities per pair, and response lengths (token counts).
+
+    ``ref_*`` may be ``None`` for reference-free losses; lengths may be ``None`` for losses
+    that do not length-normalise.
+    """
+
+    policy_chosen: Tensor
+    policy_rejected: Tensor
+    ref_chosen: Optional[Tensor] = None
+    ref_rejected: Optional[Tensor] = None
+    chosen_lengths: Optional[Tensor] = None
+    rejected_lengths: Optional[Tensor] = None
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """A named per-example preference loss ``fn(logps, beta, gamma) -> [B]``."""
+
+    name: str
+    fn: Callable[[PairLogps, float, Optional[float]], Tensor]
+    reference_free: bool = False
+
+    def __call__(self, logps: PairLogps, beta: float, gamma: Optional[float] = None) -> Tensor:
+        if not self.reference_free and (logps.ref_chosen is None or logps.ref_rejected is None):
+            raise ValueError(f"preference loss {self.name!r} needs reference log-probabilities")
+        return self.fn(logps, beta, gamma)
+
+
+def _gpo(kind: str) -> PreferenceLoss:
+    def fn(lp: PairLogps, beta: float, gamma: Optional[float]) -> Tensor:
+        logits = preference_logits(lp.policy_chosen, lp.policy_rejected, lp.ref_chosen, lp.ref_rejected, beta)
+        return gpo_loss(logits, kind)
+
+    return PreferenceLoss(kind, fn)
+
+
+def _simpo(lp: PairLogps, beta: float, gamma: Optional[float]) -> Tensor:
+    if lp.chosen_lengths is None or lp.rejected_lengths is None:
+        raise ValueError("simpo needs the response lengths to length-normalise log-probabilities")
+    if gamma is None:
+        raise ValueError("simpo needs a margin gamma (set simpo_gamma)")
+    chosen = lp.policy_chosen / lp.chosen_lengths.clamp_min(1)
+    rejected = lp.policy_rejected / lp.rejected_lengths.clamp_min(1)
+    return simpo_loss(chosen, rejected, beta, gamma)
+
+
+def builtin_preference_losses() -> dict[str, PreferenceLoss]:
+    losses = {kind: _gpo(kind) for kind in GPO_KINDS}
+    losses["simpo"] = PreferenceLoss("simpo", _simpo, reference_free=True)
+    return losses

@@ -1,0 +1,136 @@
+"""The ``LatentRegularizer`` protocol and the small data types it exchanges with adapters.
+
+An adapter captures last-layer hidden states from the host's own forwards, packs them into a
+:class:`LatentBatch`, and for every training micro-step calls :meth:`LatentRegularizer.update`
+(the regularizer's own learning, e.g. discriminators) and then
+:meth:`LatentRegularizer.policy_term` (the weighted term added to the policy loss). It saves
+and restores :meth:`~LatentRegularizer.state_dict` with the host's checkpoints. Adapters never
+know which regularizer they run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+MaskMode = Literal["response", "sequence", "none"]
+MASK_MODES: tuple[str, ...] = ("response", "sequence", "none")
+
+Metrics = dict[str, float]
+
+
+@dataclass(frozen=True)
+class LatentBatch:
+    """Last-layer hidden states of one micro-batch of preference pairs.
+
+    ``policy_*`` carry gradient into the policy; ``ref_*`` come from the frozen reference
+    (no gradient). All four are ``[B, T, H]``; the masks are ``[B, T]`` booleans:
+    ``attention_*`` marks real (non-padding) tokens, ``response_*`` the response tokens.
+    """
+
+    policy_chosen: Tensor
+    policy_rejected: Tensor
+    ref_chosen: Tensor
+    ref_rejected: Tensor
+    attention_chosen: Tensor
+    attention_rejected: Tensor
+    response_chosen: Tensor
+    response_rejected: Tensor
+
+    @classmethod
+    def from_concatenated(
+        cls, policy: Tensor, ref: Tensor, attention_mask: Tensor, response_mask: Tensor
+    ) -> LatentBatch:
+        """Split host tensors that stack ``[chosen; rejected]`` on dim 0 (TRL, OpenRLHF)."""
+        if policy.shape[0] % 2 or policy.shape[:2] != ref.shape[:2]:
+            raise ValueError(
+                f"expected [chosen; rejected] stacked on dim 0 with equal shapes, got policy "
+                f"{tuple(policy.shape)} and reference {tuple(ref.shape)}"
+            )
+        pc, pr = policy.chunk(2)
+        rc, rr = ref.chunk(2)
+        ac, ar = attention_mask.bool().chunk(2)
+        sc, sr = response_mask.bool().chunk(2)
+        return cls(pc, pr, rc, rr, ac, ar, sc, sr)
+
+    def positions(self, mode: MaskMode) -> tuple[Tensor, Tensor]:
+        """The ``[B, T]`` masks of the positions a regularizer sees under ``mode``."""
+        if mode == "response":
+            return self.response_chosen & self.attention_chosen, self.response_rejected & self.attention_rejected
+        if mode == "sequence":
+            return self.attention_chosen, self.attention_rejected
+        if mode == "none":
+            return torch.ones_like(self.attention_chosen), torch.ones_like(self.attention_rejected)
+        raise ValueError(f"unknown mask mode {mode!r}; known modes: {', '.join(MASK_MODES)}")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where the host is in its optimisation when a micro-batch arrives.
+
+    ``is_boundary`` is true on the micro-step after which the host steps its optimiser;
+    ``accumulation_steps`` is what the host divides each micro-step's loss by.
+    """
+
+    is_boundary: bool = True
+    accumulation_steps: int = 1
+
+
+@dataclass
+class RegularizerOutput:
+    """The weighted term added to the policy loss, and scalar metrics (unprefixed names)."""
+
+    loss: Tensor
+    metrics: Metrics = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegularizerContext:
+    """What a regularizer factory learns from the host when it is built.
+
+    ``process_group``: the data-parallel group to reduce over (``None``: the default group
+    when ``torch.distributed`` is initialised, else no reduction).
+    """
+
+    hidden_size: int
+    policy_lr: float
+    total_steps: int
+    warmup_steps: int = 0
+    accumulation_steps: int = 1
+    ref_hidden_size: int | None = None
+    device: torch.device | str = "cpu"
+    seed: int = 0
+    process_group: Any = None
+
+
+@runtime_checkable
+class LatentRegularizer(Protocol):
+    """A regularizer on last-layer hidden states of policy and reference.
+
+    Contract:
+    - ``mask`` names the positions it sees (:data:`MaskMode`); the adapter passes both masks.
+    - ``update`` is called once per training micro-step, before ``policy_term``; it learns
+      whatever the regularizer learns (its own parameters only: it must detach the policy
+      latents), accumulates gradients scaled by ``1 / info.accumulation_steps``, steps its own
+      optimiser when ``info.is_boundary``, and keeps every rank of its process group identical.
+    - ``policy_term`` returns the already-weighted term to add to the policy loss; its gradient
+      reaches the policy only through ``policy_*`` latents, never the regularizer's parameters.
+      Adapters also call it under ``torch.no_grad()`` in evaluation (no ``update`` there).
+    - ``state_dict``/``load_state_dict`` round-trip everything needed to continue identically;
+      the state holds only tensors and plain Python values (it is loaded with
+      ``torch.load(weights_only=True)``).
+    """
+
+    name: str
+    mask: MaskMode
+
+    def update(self, batch: LatentBatch, info: StepInfo) -> Metrics: ...
+
+    def policy_term(self, batch: LatentBatch) -> RegularizerOutput: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
