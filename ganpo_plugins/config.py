@@ -87,7 +87,9 @@ class DiscriminatorOptimizerConfig(_Strict):
 
 # Keys every regularizer accepts (the adapters read them); the rest belong to one regularizer,
 # which lists the ones it reads in its factory's ``config_keys``.
-COMMON_KEYS = frozenset({"regularizer", "weight", "mask", "preference_loss", "simpo_gamma", "seed", "save_every_rank", "options"})
+COMMON_KEYS = frozenset(
+    {"regularizer", "weight", "mask", "preference_loss", "simpo_gamma", "seed", "save_every_rank", "options"}
+)
 
 
 class GANPOConfig(_Strict):
@@ -149,9 +151,7 @@ class GANPOConfig(_Strict):
             try:
                 options_model.model_validate(self.options)
             except ValidationError as exc:
-                raise ValueError(
-                    "; ".join(_format_error(e, "options", options_model) for e in exc.errors())
-                ) from None
+                raise ValueError("; ".join(_format_error(e, "options", options_model) for e in exc.errors())) from None
         return self
 
     @field_validator("weight")
@@ -178,7 +178,9 @@ def _format_error(err: Mapping[str, Any], prefix: str, model: type[BaseModel]) -
         hint = difflib.get_close_matches(loc[-1], fields, n=1)
         msg = f"unknown key; known keys here: {', '.join(fields)}" + (f". Did you mean {hint[0]!r}?" if hint else "")
     elif err["type"] == "literal_error":
-        hint = difflib.get_close_matches(str(err.get("input")), [str(x) for x in err["ctx"]["expected"].split("'")[1::2]], n=1)
+        hint = difflib.get_close_matches(
+            str(err.get("input")), [str(x) for x in err["ctx"]["expected"].split("'")[1::2]], n=1
+        )
         msg += f". Did you mean {hint[0]!r}?" if hint else ""
     value = err.get("input")
     shown = "" if err["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"

@@ -60,9 +60,9 @@ class GANPORegularizer:
         # Own RNG stream: initialisation and dropout never touch (or depend on) the host's RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.discriminators = nn.ModuleDict(
-                {side: factory(context.hidden_size, config) for side in SIDES}
-            ).to(self.device, torch.float32)
+            self.discriminators = nn.ModuleDict({side: factory(context.hidden_size, config) for side in SIDES}).to(
+                self.device, torch.float32
+            )
             self._cpu_rng = torch.get_rng_state()
         self._cuda_rng = None
         if self.device.type == "cuda":
@@ -129,7 +129,9 @@ class GANPORegularizer:
         mask_c, mask_r = batch.positions(self.mask)
         keep = mask_c.any(1) & mask_r.any(1)
         if not bool(keep.any()):
-            self._warn_once("empty", "GANPO: a batch had no selected positions in any pair; its regularizer step was skipped")
+            self._warn_once(
+                "empty", "GANPO: a batch had no selected positions in any pair; its regularizer step was skipped"
+            )
             return [], False
         parts = []
         for hidden, mask in (

@@ -43,7 +43,9 @@ class MMDRegularizer:
     def policy_term(self, batch: LatentBatch) -> RegularizerOutput:
         mask_c, mask_r = batch.positions(self.mask)
         bw = self.options.bandwidths
-        chosen = rbf_mmd2(masked_mean(batch.policy_chosen.float(), mask_c), masked_mean(batch.ref_chosen.float(), mask_c), bw)
+        chosen = rbf_mmd2(
+            masked_mean(batch.policy_chosen.float(), mask_c), masked_mean(batch.ref_chosen.float(), mask_c), bw
+        )
         rejected = rbf_mmd2(
             masked_mean(batch.policy_rejected.float(), mask_r), masked_mean(batch.ref_rejected.float(), mask_r), bw
         )
