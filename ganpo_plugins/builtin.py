@@ -3,7 +3,8 @@ through the same hooks a third-party plugin implements."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Literal, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -62,19 +63,19 @@ class DiscriminatorConfig(_Strict):
 class DiscriminatorOptimizerConfig(_Strict):
     """The discriminators' own AdamW and schedule (one optimiser per discriminator)."""
 
-    lr: Optional[float] = Field(None, description="learning rate; default: policy lr × lr_ratio")
+    lr: float | None = Field(None, description="learning rate; default: policy lr × lr_ratio")
     lr_ratio: float = Field(0.5, description="discriminator lr as a fraction of the policy lr, when lr is unset")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = Field(0.01, ge=0.0)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_steps: Optional[int] = Field(None, ge=0, description="default: the policy's warm-up steps")
+    warmup_steps: int | None = Field(None, ge=0, description="default: the policy's warm-up steps")
     update_ratio: int = Field(1, ge=1, description="discriminator optimiser steps per policy optimiser step")
-    max_grad_norm: Optional[float] = Field(None, description="clip discriminator gradients to this norm")
+    max_grad_norm: float | None = Field(None, description="clip discriminator gradients to this norm")
 
     @field_validator("lr", "lr_ratio", "eps", "max_grad_norm")
     @classmethod
-    def _finite_positive(cls, v: Optional[float], info: Any) -> Optional[float]:
+    def _finite_positive(cls, v: float | None, info: Any) -> float | None:
         return v if v is None else _positive(info.field_name, v)
 
     @field_validator("betas")
@@ -105,11 +106,11 @@ class GANPOConfig(_Strict):
     ema_momentum: float = Field(0.9, description="momentum of the running means of discriminator scores")
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
     optimizer: DiscriminatorOptimizerConfig = Field(default_factory=DiscriminatorOptimizerConfig)
-    preference_loss: Optional[str] = Field(
+    preference_loss: str | None = Field(
         None, description="base preference loss (a GPO kind or simpo); default: the host's own loss"
     )
-    simpo_gamma: Optional[float] = Field(None, description="SimPO margin γ where the host has none")
-    seed: Optional[int] = Field(None, description="seed of the regularizer's own RNG; default: the host's seed")
+    simpo_gamma: float | None = Field(None, description="SimPO margin γ where the host has none")
+    seed: int | None = Field(None, description="seed of the regularizer's own RNG; default: the host's seed")
     saturation_patience: int = Field(
         100, ge=1, description="warn when a discriminator stays saturated for this many of its steps"
     )
@@ -125,7 +126,7 @@ class GANPOConfig(_Strict):
 
     @field_validator("preference_loss")
     @classmethod
-    def _known_loss(cls, v: Optional[str]) -> Optional[str]:
+    def _known_loss(cls, v: str | None) -> str | None:
         from .registry import check_name
 
         return v if v is None else check_name("preference_loss", v)
@@ -139,10 +140,10 @@ class GANPOConfig(_Strict):
         if own_keys is not None:
             unused = sorted(self.model_fields_set - COMMON_KEYS - set(own_keys))
             if unused:
+                keys = ", ".join(unused)
                 raise ValueError(
-                    f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used by regularizer "
-                    f"{self.regularizer!r}; remove {'it' if len(unused) == 1 else 'them'} or choose a regularizer that uses "
-                    f"{'it' if len(unused) == 1 else 'them'}"
+                    f"{keys}: not used by regularizer {self.regularizer!r}; remove them or choose a "
+                    "regularizer that reads them"
                 )
         options_model = getattr(factory, "options_model", None)
         if options_model is None and self.options:

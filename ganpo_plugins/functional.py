@@ -16,8 +16,8 @@ Per-example functions return a tensor shaped like their inputs; the caller reduc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,7 @@ from .functional import lr_schedule_factor, ragan_discriminator_loss, ragan_gene
 from .protocol import LatentBatch, Metrics, RegularizerContext, RegularizerOutput, StepInfo
 from .registry import resolve
 
-__all__ = ["GANPORegularizer", "SIDES"]
+__all__ = ["SIDES", "GANPORegularizer"]
 
 # Order of the six running means: for each discriminator, its (real, fake, other) inputs.
 # D+: (h_r+, h_θ+, h_r−) → μ+(r+), μ+(θ), μ+(r−);  D−: (h_r−, h_θ−, h_r+) → μ−(r−), μ−(θ), μ−(r+).
@@ -113,7 +114,7 @@ class GANPORegularizer:
         try:
             yield
         finally:
-            for p, flag in zip(params, flags):
+            for p, flag in zip(params, flags, strict=True):
                 p.requires_grad_(flag)
             self.discriminators.train(was_training)
 
@@ -207,7 +208,7 @@ class GANPORegularizer:
             metrics[f"d_{side}/loss"] = loss.item()
             metrics[f"d_{side}/accuracy"] = correct.float().mean().item()
             metrics[f"d_{side}/real_fake_gap"] = (real.mean() - fake.mean()).item()
-            for role, value in zip(_ROLES, self.mu[i].tolist()):
+            for role, value in zip(_ROLES, self.mu[i].tolist(), strict=True):
                 metrics[f"d_{side}/mu_{role}"] = value
         (total * loss_scale).backward()
         return metrics

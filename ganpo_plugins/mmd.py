@@ -7,7 +7,8 @@ pairs of a micro-batch, with :func:`ganpo_plugins.functional.rbf_mmd2` and maske
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 

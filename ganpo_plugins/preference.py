@@ -6,8 +6,8 @@ per-example loss; the math lives in :mod:`ganpo_plugins.functional`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from torch import Tensor
 
@@ -26,10 +26,10 @@ class PairLogps:
 
     policy_chosen: Tensor
     policy_rejected: Tensor
-    ref_chosen: Optional[Tensor] = None
-    ref_rejected: Optional[Tensor] = None
-    chosen_lengths: Optional[Tensor] = None
-    rejected_lengths: Optional[Tensor] = None
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+    chosen_lengths: Tensor | None = None
+    rejected_lengths: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -37,24 +37,24 @@ class PreferenceLoss:
     """A named per-example preference loss ``fn(logps, beta, gamma) -> [B]``."""
 
     name: str
-    fn: Callable[[PairLogps, float, Optional[float]], Tensor]
+    fn: Callable[[PairLogps, float, float | None], Tensor]
     reference_free: bool = False
 
-    def __call__(self, logps: PairLogps, beta: float, gamma: Optional[float] = None) -> Tensor:
+    def __call__(self, logps: PairLogps, beta: float, gamma: float | None = None) -> Tensor:
         if not self.reference_free and (logps.ref_chosen is None or logps.ref_rejected is None):
             raise ValueError(f"preference loss {self.name!r} needs reference log-probabilities")
         return self.fn(logps, beta, gamma)
 
 
 def _gpo(kind: str) -> PreferenceLoss:
-    def fn(lp: PairLogps, beta: float, gamma: Optional[float]) -> Tensor:
+    def fn(lp: PairLogps, beta: float, gamma: float | None) -> Tensor:
         logits = preference_logits(lp.policy_chosen, lp.policy_rejected, lp.ref_chosen, lp.ref_rejected, beta)
         return gpo_loss(logits, kind)
 
     return PreferenceLoss(kind, fn)
 
 
-def _simpo(lp: PairLogps, beta: float, gamma: Optional[float]) -> Tensor:
+def _simpo(lp: PairLogps, beta: float, gamma: float | None) -> Tensor:
     if lp.chosen_lengths is None or lp.rejected_lengths is None:
         raise ValueError("simpo needs the response lengths to length-normalise log-probabilities")
     if gamma is None:

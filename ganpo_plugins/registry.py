@@ -7,9 +7,10 @@ package cannot run its code in a training job that does not ask for it.
 from __future__ import annotations
 
 import difflib
-from functools import lru_cache
+from collections.abc import Mapping
+from functools import cache
 from importlib.metadata import entry_points
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import pluggy
 
@@ -25,7 +26,7 @@ _HOOKS: dict[str, str] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, with the built-ins registered."""
     from . import builtin

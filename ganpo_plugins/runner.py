@@ -17,7 +17,7 @@ import os
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -88,7 +88,7 @@ class RegularizerRunner:
         """Policy and reference hidden states captured since the last call."""
         return split_policy_reference(self.tap.take())
 
-    def step(self, batch: LatentBatch, info: Optional[StepInfo]) -> Tensor:
+    def step(self, batch: LatentBatch, info: StepInfo | None) -> Tensor:
         """Run one micro-step and return the weighted term to add to the policy loss.
 
         ``info`` is ``None`` in evaluation: no update, only the term (call under no_grad).
@@ -102,7 +102,7 @@ class RegularizerRunner:
             self._counts[split][key] += 1
         return out.loss
 
-    def pop_metrics(self, split: str = "train", step: Optional[int] = None) -> dict[str, float]:
+    def pop_metrics(self, split: str = "train", step: int | None = None) -> dict[str, float]:
         """Means of the metrics since the last pop, named ``ganpo/<metric>``; plugins observing
         ``ganpo_step_metrics`` see them first."""
         sums, counts = self._sums[split], self._counts[split]
@@ -113,12 +113,12 @@ class RegularizerRunner:
             notify_step_metrics(step, metrics)
         return metrics
 
-    def preference_loss(self) -> Optional[PreferenceLoss]:
+    def preference_loss(self) -> PreferenceLoss | None:
         """The configured base preference loss, or ``None`` for the host's own."""
         name = self.config.preference_loss
         return None if name is None else resolve("preference_loss", name)
 
-    def save(self, directory: str | os.PathLike[str]) -> Optional[Path]:
+    def save(self, directory: str | os.PathLike[str]) -> Path | None:
         """Write the regularizer state into ``directory`` (rank 0; every rank with
         ``save_every_rank``). Written to a temporary file, then renamed: a crash mid-write
         never leaves a truncated state."""
@@ -138,7 +138,7 @@ class RegularizerRunner:
         os.replace(tmp, path)
         return path
 
-    def load(self, directory: str | os.PathLike[str]) -> Optional[Path]:
+    def load(self, directory: str | os.PathLike[str]) -> Path | None:
         """Restore the state saved in ``directory`` (this rank's file if present, else rank 0's).
         Returns the file read, or ``None`` when the directory holds no regularizer state."""
         path = state_path(directory, rank())
