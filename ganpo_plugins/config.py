@@ -138,7 +138,12 @@ class GANPOConfig(_Strict):
         factory = resolve("regularizer", self.regularizer)
         own_keys = getattr(factory, "config_keys", None)
         if own_keys is not None:
-            unused = sorted(self.model_fields_set - COMMON_KEYS - set(own_keys))
+            # Only values that differ from the default matter (a full dump of a config is fine).
+            unused = sorted(
+                key
+                for key in self.model_fields_set - COMMON_KEYS - set(own_keys)
+                if getattr(self, key) != type(self).model_fields[key].get_default(call_default_factory=True)
+            )
             if unused:
                 keys = ", ".join(unused)
                 raise ValueError(

@@ -88,8 +88,8 @@ def compact_positions(hidden: Tensor, mask: Tensor, max_positions: int) -> tuple
 
     ``L`` is the largest number of selected positions in a row, capped at ``max_positions``
     (a longer row keeps its first ``max_positions`` selected positions). Order is preserved,
-    rows are right-padded, and the returned mask marks the real entries. The gather is
-    differentiable, so gradient reaches exactly the selected positions of ``hidden``.
+    rows are right-padded with zeros, and the returned mask marks the real entries. The gather
+    is differentiable, so gradient reaches exactly the selected positions of ``hidden``.
     """
     counts = mask.sum(1)
     length = int(min(int(counts.max().item()) if counts.numel() else 0, max_positions))
@@ -97,7 +97,9 @@ def compact_positions(hidden: Tensor, mask: Tensor, max_positions: int) -> tuple
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :length]
     gathered = hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
     new_mask = torch.arange(length, device=mask.device).unsqueeze(0) < counts.clamp_max(length).unsqueeze(1)
-    return gathered, new_mask
+    # Padding entries hold unselected positions' values (possibly inf/NaN): zero them so they
+    # cannot leak through masked attention or pooling (0 · NaN is NaN).
+    return gathered.masked_fill(~new_mask.unsqueeze(-1), 0.0), new_mask
 
 
 def pad_and_stack(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_reduce_sum", "average_gradients", "data_parallel_group", "rank"]
+__all__ = ["all_reduce_sum", "average_gradients", "broadcast_buffers", "data_parallel_group", "rank"]
 
 
 def data_parallel_group(group: Any = None) -> Any:
@@ -52,3 +52,16 @@ def average_gradients(params: Iterable[torch.nn.Parameter], group: Any) -> None:
         n = p.grad.numel()
         p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
         offset += n
+
+
+def broadcast_buffers(module: torch.nn.Module, group: Any) -> None:
+    """Copy every buffer of ``module`` from the group's first rank to the others, as DDP does.
+
+    Buffers such as spectral norm's power-iteration vectors advance with each training forward;
+    a rank that skipped a batch would otherwise drift.
+    """
+    if group is None:
+        return
+    src = dist.get_global_rank(group, 0)
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=src, group=group)

@@ -209,20 +209,32 @@ def apo_rm_loss(
     c_apo: float = 0.1,
     samples_per_prompt: int = 4,
 ) -> Tensor:
-    """APO reward-model loss over a batch mixing human and APO pairs (arXiv 2311.08045, eq. 8).
+    """APO reward-model loss over a batch mixing human and APO pairs (arXiv 2311.08045, §4).
 
-    ``L_RM = c_human · mean_human BT + (c_apo / k) · mean_apo BT`` where BT is
-    :func:`bradley_terry_loss`, human pairs are (chosen, rejected) and APO pairs are
-    (golden, sample of the current LLM) with the golden response preferred; ``k`` is the
-    number of samples per prompt. ``is_apo [N]`` flags the APO pairs. A source with no pair in
-    the batch contributes 0.
+    ``L_RM = c_human · L_BT(human) + (c_apo / k) · L_BT(APO)`` where BT is
+    :func:`bradley_terry_loss`, human pairs are (chosen, rejected), APO pairs are (golden
+    response, sample of the current LLM) with the golden response preferred, and ``k`` is the
+    number of samples per prompt. ``is_apo [N]`` flags the APO pairs.
+
+    ``L_BT(APO)`` is the per-prompt SUM over the ``k`` samples, not a mean over APO pairs: each
+    APO pair weighs ``c_apo / k``, so the ``k`` pairs of one prompt together weigh ``c_apo``,
+    as one human pair weighs ``c_human``. This is the paper's ``c_apo · E_x E_{y~π}[BT]``
+    (the mean over the ``k`` samples estimates the expectation over the LLM's samples) and
+    the reference release's per-pair coefficient ``apo_loss_coeff / apo_sample_num``.
+
+    The batch estimate is the release's: ``Σ_i w_i · BT_i / N`` with ``w_i = c_human`` for
+    human pairs and ``c_apo / k`` for APO pairs, over all ``N`` pairs of the batch. Its
+    expectation does not depend on the batch size or on how the pairs fall into batches (a
+    mean per source would weigh a lone APO pair in a micro-batch of one like ``k`` of them).
+    With every pair human and ``c_human = 1`` it is the plain Bradley–Terry mean.
     """
-    is_apo = is_apo.to(torch.bool)
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1 (got {samples_per_prompt})")
     bt = bradley_terry_loss(preferred_rewards, other_rewards)
-    zero = bt.sum() * 0  # keeps the graph and dtype when a source is absent
-    human = bt[~is_apo].mean() if bool((~is_apo).any()) else zero
-    apo = bt[is_apo].mean() if bool(is_apo.any()) else zero
-    return c_human * human + (c_apo / samples_per_prompt) * apo
+    is_apo = is_apo.to(device=bt.device, dtype=torch.bool)
+    weights = torch.where(is_apo, torch.full_like(bt, c_apo / samples_per_prompt), torch.full_like(bt, c_human))
+    # sum()/max(N, 1): an empty batch gives 0 with the graph kept instead of NaN
+    return (weights * bt).sum() / max(bt.numel(), 1)
 
 
 def lr_schedule_factor(kind: str, step: int, warmup_steps: int, total_steps: int) -> float:

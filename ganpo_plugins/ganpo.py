@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .config import GANPOConfig
 from .discriminators import compact_positions, pad_and_stack
-from .distributed import all_reduce_sum, average_gradients, data_parallel_group
+from .distributed import all_reduce_sum, average_gradients, broadcast_buffers, data_parallel_group
 from .functional import lr_schedule_factor, ragan_discriminator_loss, ragan_generator_loss
 from .protocol import LatentBatch, Metrics, RegularizerContext, RegularizerOutput, StepInfo
 from .registry import resolve
@@ -232,6 +232,7 @@ class GANPORegularizer:
             self.disc_steps += 1
         for side in SIDES:
             self.optimizers[side].zero_grad(set_to_none=True)
+        broadcast_buffers(self.discriminators, self.group)
 
     def _track_saturation(self, metrics: Metrics) -> Metrics:
         out: Metrics = {}
@@ -256,8 +257,7 @@ class GANPORegularizer:
         """``weight · L_adv`` with frozen, eval-mode discriminators and the current μ."""
         parts, usable = self._select(batch)
         if not usable:
-            zero = batch.policy_chosen.sum() * 0.0
-            return RegularizerOutput(zero.float(), {"term_skipped": 1.0})
+            return self._skipped_term(batch)
         with torch.autocast(self.device.type, enabled=False), self._frozen_eval():
             _, pol_c, _, pol_r = parts
             fake_pos = self.discriminators["pos"](*pol_c)
@@ -265,8 +265,13 @@ class GANPORegularizer:
             adv = ragan_generator_loss(fake_pos, self.mu[0, 0], fake_neg, self.mu[1, 0])
         if not bool(torch.isfinite(adv)):
             self._warn_once("nonfinite_adv", "GANPO: non-finite adversarial term; it was left out of this step")
-            return RegularizerOutput(batch.policy_chosen.sum().float() * 0.0, {"term_skipped": 1.0})
+            return self._skipped_term(batch)
         return RegularizerOutput(self.weight * adv, {"adv_loss": adv.item(), "term_skipped": 0.0})
+
+    @staticmethod
+    def _skipped_term(batch: LatentBatch) -> RegularizerOutput:
+        # A constant: adds nothing and carries no NaN back into the policy's graph.
+        return RegularizerOutput(torch.zeros((), device=batch.policy_chosen.device), {"term_skipped": 1.0})
 
     def state_dict(self) -> dict[str, Any]:
         return {
