@@ -83,7 +83,9 @@ class GANPORegularizer:
         }
         self.mu = torch.zeros(2, 3, device=self.device)  # [side, role]
         self.mu_initialized = False
-        self.disc_steps = 0
+        self.disc_steps = 0  # discriminator optimiser steps taken
+        self.policy_steps = 0  # accumulation boundaries seen: drives the schedule, like the policy's
+        self._pending = 0  # micro-batches with gradients since the last optimiser step
         self.skipped_updates = 0
         self.saturated_run = [0, 0]
         self._warned: set[str] = set()
@@ -168,6 +170,7 @@ class GANPORegularizer:
         """One discriminator micro-step; steps the optimisers when ``info.is_boundary``."""
         metrics = self._discriminator_pass(batch, 1.0 / info.accumulation_steps)
         if info.is_boundary:
+            self.policy_steps += 1
             self._optimizer_step()
             for _ in range(self.config.optimizer.update_ratio - 1):
                 self._discriminator_pass(batch, 1.0)
@@ -211,10 +214,19 @@ class GANPORegularizer:
             for role, value in zip(_ROLES, self.mu[i].tolist(), strict=True):
                 metrics[f"d_{side}/mu_{role}"] = value
         (total * loss_scale).backward()
+        self._pending += 1
         return metrics
 
     def _optimizer_step(self) -> None:
         params = list(self.discriminators.parameters())
+        # How many micro-batches contributed gradients, over all ranks: with none anywhere
+        # (every micro-batch of the window skipped) there is nothing to step on.
+        contributed = all_reduce_sum(torch.tensor([float(self._pending)], device=self.device), self.group)
+        self._pending = 0
+        if contributed.item() == 0:
+            for side in SIDES:
+                self.optimizers[side].zero_grad(set_to_none=True)
+            return
         average_gradients(params, self.group)
         # Post-reduce gradients are identical on every rank, so every rank decides alike.
         if not all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
@@ -222,7 +234,7 @@ class GANPORegularizer:
             self.skipped_updates += 1
         else:
             opt = self.config.optimizer
-            factor = lr_schedule_factor(opt.scheduler, self.disc_steps + 1, self.warmup_steps, self.total_steps)
+            factor = lr_schedule_factor(opt.scheduler, self.policy_steps, self.warmup_steps, self.total_steps)
             for side in SIDES:
                 if opt.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(self.discriminators[side].parameters(), opt.max_grad_norm)
@@ -264,7 +276,7 @@ class GANPORegularizer:
             fake_neg = self.discriminators["neg"](*pol_r)
             adv = ragan_generator_loss(fake_pos, self.mu[0, 0], fake_neg, self.mu[1, 0])
         if not bool(torch.isfinite(adv)):
-            self._warn_once("nonfinite_adv", "GANPO: non-finite adversarial term; it was left out of this step")
+            self._warn_once("nonfinite_scores", "GANPO: non-finite discriminator scores; regularizer step skipped")
             return self._skipped_term(batch)
         return RegularizerOutput(self.weight * adv, {"adv_loss": adv.item(), "term_skipped": 0.0})
 
@@ -280,6 +292,7 @@ class GANPORegularizer:
             "mu": self.mu.clone(),
             "mu_initialized": self.mu_initialized,
             "disc_steps": self.disc_steps,
+            "policy_steps": self.policy_steps,
             "skipped_updates": self.skipped_updates,
             "saturated_run": list(self.saturated_run),
             "cpu_rng": self._cpu_rng.clone(),
@@ -293,6 +306,7 @@ class GANPORegularizer:
         self.mu = state["mu"].to(self.device, torch.float32)
         self.mu_initialized = bool(state["mu_initialized"])
         self.disc_steps = int(state["disc_steps"])
+        self.policy_steps = int(state["policy_steps"])
         self.skipped_updates = int(state["skipped_updates"])
         self.saturated_run = [int(x) for x in state["saturated_run"]]
         self._cpu_rng = state["cpu_rng"].cpu()
