@@ -69,15 +69,19 @@ def our_step(reg: GANPORegularizer, batch: LatentBatch) -> None:
     reg.policy_term(batch).loss.backward()
 
 
-def timed(fn, reg, batch, repeats: int) -> float:
-    fn(reg, batch)  # warm-up
-    times = []
+def timed_alternating(runs: dict, batch: LatentBatch, repeats: int) -> dict[str, float]:
+    """Median seconds per step of each ``name: (fn, regularizer)``, run in turn each repeat so
+    load on the machine falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn, reg in runs.values():
+        fn(reg, batch)  # warm-up
     for _ in range(repeats):
-        batch.policy_chosen.grad = None
-        start = time.perf_counter()
-        fn(reg, batch)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, (fn, reg) in runs.items():
+            batch.policy_chosen.grad = None
+            start = time.perf_counter()
+            fn(reg, batch)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -104,9 +108,16 @@ def main() -> None:
     resp = batch.response_chosen.sum(1).float().mean().item()
     print(f"B={args.batch} T={args.seq} H={args.hidden}, mean response length {resp:.0f} tokens")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    t_ref = timed(reference_step, regs["none"], batch, args.repeats)
-    t_batched = timed(our_step, regs["none"], batch, args.repeats)
-    t_ours = timed(our_step, regs["response"], batch, args.repeats)
+    medians = timed_alternating(
+        {
+            "reference": (reference_step, regs["none"]),
+            "batched": (our_step, regs["none"]),
+            "ours": (our_step, regs["response"]),
+        },
+        batch,
+        args.repeats,
+    )
+    t_ref, t_batched, t_ours = medians["reference"], medians["batched"], medians["ours"]
     print(f"{'pattern':<42}{'s/step':>10}{'speed-up':>10}")
     print(f"{'reference (6 separate forwards, full seq)':<42}{t_ref:>10.2f}{1.0:>10.2f}")
     print(f"{'batched forwards, full seq (mask none)':<42}{t_batched:>10.2f}{t_ref / t_batched:>10.2f}")
