@@ -45,6 +45,7 @@ __all__ = [
     "read_jsonl",
     "repair_jsonl_tail",
     "sft_rows",
+    "single_response",
     "unique_prompt_rows",
     "write_jsonl",
 ]
@@ -63,6 +64,8 @@ def _where(source: str, index: int) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) and value[0].get("role") == "user":
+        value = value[0].get("content")  # a one-message prompt reads as its text
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
@@ -276,14 +279,13 @@ def apo_pairs(
     return pairs
 
 
-def _single_assistant(value: Any, where: str, field: str) -> str:
+def single_response(value: Any, where: str, field: str) -> str:
+    """A response given as a non-empty string or as one assistant message."""
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
         if value[0].get("role") == "assistant" and isinstance(value[0].get("content"), str):
             value = value[0]["content"]
     if not isinstance(value, str):
-        raise APODataError(
-            f"{where}: field {field!r} must be a string or one assistant message, got {_short(value)}"
-        )
+        raise APODataError(f"{where}: field {field!r} must be a string or one assistant message, got {_short(value)}")
     if not value.strip():
         raise APODataError(f"{where}: field {field!r} is empty")
     return value
@@ -301,8 +303,8 @@ def human_pairs(rows: Sequence[Mapping[str, Any]], source: str, chat: bool) -> l
                 f"{where}: field 'prompt' is chat messages but the samples are text prompts; a text round "
                 "needs string prompts (sample with --format chat to run the round through chat templates)"
             )
-        chosen = _single_assistant(row.get("chosen"), where, "chosen")
-        rejected = _single_assistant(row.get("rejected"), where, "rejected")
+        chosen = single_response(row.get("chosen"), where, "chosen")
+        rejected = single_response(row.get("rejected"), where, "rejected")
         pairs.append(_pair(prompt, chosen, rejected, False, chat))
     return pairs
 

@@ -17,7 +17,14 @@ from transformers import (
 
 from .data import APODataError, Prompt, prompt_messages
 
-__all__ = ["generate_samples", "load_policy", "load_reward_model", "load_tokenizer", "score_responses"]
+__all__ = [
+    "generate_samples",
+    "load_policy",
+    "load_reward_model",
+    "load_tokenizer",
+    "reward_input_ids",
+    "score_responses",
+]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -62,7 +69,7 @@ def load_reward_model(path: str, tokenizer: PreTrainedTokenizerBase, device: tor
 
 
 def _chat_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], **kwargs: Any) -> Any:
-    if not tokenizer.chat_template:
+    if not (kwargs.get("chat_template") or tokenizer.chat_template):
         raise APODataError(
             f"{tokenizer.name_or_path}: the tokenizer has no chat template, but the prompts are chat messages; "
             "give the tokenizer a chat_template or run the round with string prompts (--format text)"
@@ -110,13 +117,17 @@ def generate_samples(
     return [texts[i * k : (i + 1) * k] for i in range(len(prompts))]  # generate groups the k samples per prompt
 
 
-def _reward_input_ids(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, response: str) -> list[int]:
-    """Token ids of prompt + response exactly as TRL's RewardTrainer builds them for training, so
-    the reward is read where the model learned to put it: chat rows through the chat template,
-    text rows as ``prompt + response + eos``."""
+def reward_input_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: Prompt, response: str, chat_template: str | None = None
+) -> list[int]:
+    """Token ids of prompt + response exactly as TRL's RewardTrainer builds them for training (and
+    ``ganpo_axolotl.apo`` for Axolotl), so the reward is read where the model learned to put it:
+    chat rows through the chat template (``chat_template`` overrides the tokenizer's), text rows as
+    ``prompt + response + eos``."""
     if isinstance(prompt, list):
         messages = [*prompt_messages(prompt), {"role": "assistant", "content": response}]
-        return list(_chat_text(tokenizer, messages, tokenize=True, return_dict=True)["input_ids"])
+        kwargs = {} if chat_template is None else {"chat_template": chat_template}
+        return list(_chat_text(tokenizer, messages, tokenize=True, return_dict=True, **kwargs)["input_ids"])
     text = prompt + response
     if not text.endswith(tokenizer.eos_token):
         text += tokenizer.eos_token
@@ -129,7 +140,7 @@ def score_responses(
 ) -> list[float]:
     """Reward of each (prompt, response): the model's output at the last response token (its head
     reads the rightmost non-pad token; batches are right-padded and grouped by length)."""
-    ids = [_reward_input_ids(tokenizer, p, r) for p, r in items]
+    ids = [reward_input_ids(tokenizer, p, r) for p, r in items]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     rewards = [0.0] * len(ids)
     for start in range(0, len(order), batch_size):

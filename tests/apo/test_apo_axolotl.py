@@ -1,0 +1,76 @@
+"""APO reward-model training through the real Axolotl CLI (``reward_model: true`` + the APO plugin)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# "axolotl.cli", not "axolotl": from tests/, the folder tests/axolotl passes for a namespace package
+pytest.importorskip("axolotl.cli", reason="needs Axolotl 0.19.0: tox -e axolotl")
+
+import yaml
+from ganpo_axolotl.apo import APOArgs
+from pydantic import ValidationError
+
+from ganpo_plugins.apo.data import apo_pairs, golden_responses, human_pairs, read_jsonl, write_jsonl
+
+pytestmark = pytest.mark.axolotl
+
+EXAMPLE = "examples/apo/axolotl_rm_apo.yml"
+
+
+def test_axolotl_trains_the_reward_model_with_the_apo_loss(
+    tiny_assets: Path,
+    tmp_path: Path,
+    example_config: Callable[..., dict[str, Any]],
+    run_cli: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    prefs = read_jsonl(tiny_assets / "prefs.jsonl")[:8]
+    samples = [{"prompt": [{"role": "user", "content": r["prompt"]}], "samples": [r["rejected"], r["chosen"][:4]]}
+               for r in prefs]  # fmt: skip
+    rows = human_pairs(prefs, "prefs", chat=True) + apo_pairs(samples, golden_responses(prefs, "p", "chosen"), "s", 2)
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = example_config(
+        EXAMPLE,
+        {
+            "base_model": str(tiny_assets / "model"),
+            "datasets": [{"path": str(tmp_path / "pairs.jsonl"), "ds_type": "json", "type": "ganpo_axolotl.apo"}],
+            "dataset_prepared_path": str(tmp_path / "prepared"),
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 3,
+        },
+    )
+    (tmp_path / "cfg.yml").write_text(yaml.safe_dump(cfg))
+    result = run_cli(["-m", "axolotl.cli.train", str(tmp_path / "cfg.yml")], log=tmp_path / "log.txt")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "'apo/accuracy_apo'" in result.stdout  # logged by the APO trainer, not Axolotl's own
+
+    # the pairs Axolotl trained on carry the flags and exactly the tokens `ganpo-apo score` reads
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from ganpo_plugins.apo.hf import reward_input_ids
+
+    (prepared,) = [p for p in (tmp_path / "prepared").iterdir() if p.is_dir()]
+    trained = load_from_disk(str(prepared))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets / "model")
+    expected = {
+        (tuple(reward_input_ids(tokenizer, r["prompt"], r["chosen"][0]["content"])),
+         tuple(reward_input_ids(tokenizer, r["prompt"], r["rejected"][0]["content"])), r["is_apo"])
+        for r in rows
+    }  # fmt: skip
+    got = {(tuple(ex["chosen_ids"]), tuple(ex["rejected_ids"]), ex["is_apo"]) for ex in trained}
+    assert got == expected
+    assert sum(trained["is_apo"]) == 16
+
+
+def test_apo_block_needs_reward_model_and_valid_weights() -> None:
+    with pytest.raises(ValidationError, match=r"apo: APO trains a reward model; set `reward_model: true`"):
+        APOArgs.model_validate({"apo": {"c_apo": 0.1}})
+    with pytest.raises(ValidationError, match=r"apo.c_apo: must be a finite number >= 0; the paper uses 0.1 \(got -2"):
+        APOArgs.model_validate({"reward_model": True, "apo": {"c_apo": -2}})
+    assert APOArgs.model_validate({"reward_model": True, "apo": {}}).apo.c_apo == 0.1
