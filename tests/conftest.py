@@ -1,0 +1,92 @@
+"""Fixtures shared by every test folder; host-agnostic (no host package imported here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Host runs are offline and quiet: no hub, no telemetry, no experiment trackers.
+HOST_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONHASHSEED": "0",
+    # One math thread: on a small shared CPU, torch's thread pool mostly spins (3x slower here).
+    "OMP_NUM_THREADS": "1",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``examples/tiny/make_tiny_assets.py`` output (random hidden-64 Llama + 64 preference
+    pairs), built once per session: ``<dir>/model`` and ``<dir>/prefs.jsonl``."""
+    spec = importlib.util.spec_from_file_location("make_tiny_assets", REPO / "examples/tiny/make_tiny_assets.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_assets(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def host_env() -> dict[str, str]:
+    """The environment for a host CLI subprocess: this one plus the offline settings."""
+    return {**os.environ, **HOST_ENV}
+
+
+@pytest.fixture(scope="session")
+def run_cli(host_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_cli([args...], log=path, timeout=s, python=True)``: run a command (``python -m``-style
+    args are prefixed with this interpreter when ``python``), stdout+stderr to ``log`` and
+    returned; never raises on a non-zero exit."""
+
+    def run(
+        args: list[str], log: Path, timeout: float = 600, python: bool = True, **popen: object
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, *args] if python else args
+        result = subprocess.run(
+            cmd, env=host_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, **popen
+        )
+        log.write_text(result.stdout)
+        return result
+
+    return run
+
+
+def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in depth (a ``None`` override removes the key)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="session")
+def example_config() -> Callable[..., dict[str, Any]]:
+    """``example_config("examples/x.yml", *overrides)``: an example YAML config as a dict, each
+    mapping of overrides merged in depth in turn (``None`` removes a key)."""
+    import yaml
+
+    def load(relpath: str, *overrides: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = yaml.safe_load((REPO / relpath).read_text())
+        for layer in overrides:
+            cfg = merged(cfg, layer)
+        return cfg
+
+    return load

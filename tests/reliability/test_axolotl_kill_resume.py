@@ -1,0 +1,113 @@
+"""An Axolotl run killed with SIGKILL right after checkpoint N and resumed from it ends exactly
+where an uninterrupted run ends: discriminators, μ, discriminator optimiser state, the
+regularizer's RNG, the per-step losses and the policy weights (deterministic on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("axolotl.cli", reason="needs Axolotl 0.19.0: tox -e axolotl")
+
+import yaml
+
+pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
+
+STEPS, KILL_AFTER = 4, 2
+# The example as it is (2 pairs per micro-step, 2 micro-steps per optimiser step), shorter.
+OVERRIDES = {
+    "max_steps": STEPS,
+    "save_steps": KILL_AFTER,
+    "ganpo": {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}},
+}
+
+
+def _write_config(folder: Path, tiny: Path, example_config: Callable[..., dict[str, Any]], **extra: Any) -> Path:
+    cfg = example_config("examples/axolotl/tiny_dpo_ganpo.yml", OVERRIDES, extra)
+    cfg["base_model"] = str(tiny / "model")
+    cfg["datasets"][0]["path"] = str(tiny / "prefs.jsonl")
+    cfg["dataset_prepared_path"] = str(folder.parent / "prepared")
+    cfg["output_dir"] = str(folder / "out")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cfg.yml").write_text(yaml.safe_dump(cfg))
+    return folder / "cfg.yml"
+
+
+def _losses(checkpoint: Path) -> dict[int, float]:
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+def _assert_same(a: Any, b: Any, where: str = "state") -> None:
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(
+    tmp_path: Path,
+    tiny_assets: Path,
+    example_config: Callable[..., dict[str, Any]],
+    run_cli: Callable[..., Any],
+    host_env: dict[str, str],
+) -> None:
+    train = ["-m", "axolotl.cli.train"]
+    full_cfg = _write_config(tmp_path / "full", tiny_assets, example_config)
+    full = run_cli([*train, str(full_cfg)], log=tmp_path / "full.log", cwd=tmp_path)
+    assert full.returncode == 0, full.stdout[-4000:]
+    full_out = tmp_path / "full" / "out"
+
+    # The same run, killed with SIGKILL as soon as checkpoint KILL_AFTER is complete.
+    killed_cfg = _write_config(tmp_path / "killed", tiny_assets, example_config)
+    out = tmp_path / "killed" / "out"
+    done = out / f"checkpoint-{KILL_AFTER}" / "trainer_state.json"  # HF writes it last
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, *train, str(killed_cfg)], env=host_env, cwd=tmp_path, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 600
+            while not done.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the run and its workers
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-4000:]
+    assert done.exists() and not (out / f"checkpoint-{STEPS}").exists()
+
+    resume_cfg = _write_config(
+        tmp_path / "killed", tiny_assets, example_config, resume_from_checkpoint=str(done.parent)
+    )
+    resumed = run_cli([*train, str(resume_cfg)], log=tmp_path / "resumed.log", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-4000:]
+
+    last = f"checkpoint-{STEPS}"
+    ours = torch.load(out / last / "ganpo_regularizer.pt", weights_only=True)["state"]
+    theirs = torch.load(full_out / last / "ganpo_regularizer.pt", weights_only=True)["state"]
+    assert ours["disc_steps"] == STEPS
+    _assert_same(ours, theirs)  # discriminators, μ, optimisers, RNG stream, counters
+    assert _losses(out / last) == _losses(full_out / last)
+    from safetensors.torch import load_file
+
+    _assert_same(load_file(out / "model.safetensors"), load_file(full_out / "model.safetensors"), "policy")

@@ -1,0 +1,60 @@
+"""Two data-parallel processes through the TRL path (``torchrun --nproc_per_node 2`` on the TRL
+example, ``DPOConfig(use_cpu=True)``, gloo): every rank ends with the same discriminators,
+running means μ and discriminator optimiser state, bit for bit, although each rank trained
+on different pairs. (Axolotl itself cannot load a model under torchrun on CPU; DESIGN.md.)"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("trl.trainer", reason="needs TRL 1.9: tox -e axolotl")
+pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+GANPO = {"save_every_rank": True, "discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
+SHARED = ("discriminators", "optimizers", "mu", "mu_initialized", "disc_steps", "skipped_updates")
+
+
+def _assert_same(a: Any, b: Any, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_every_rank_holds_the_same_regularizer(tmp_path: Path, tiny_assets: Path, run_cli: Callable[..., Any]) -> None:
+    out = tmp_path / "out"
+    args = [
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO / "examples/trl/dpo_ganpo.py"),
+        "--model_name_or_path", str(tiny_assets / "model"), "--dataset", str(tiny_assets / "prefs.jsonl"),
+        "--output_dir", str(out), "--max_steps", "4", "--per_device_train_batch_size", "2",
+        "--gradient_accumulation_steps", "2", "--logging_steps", "1", "--save_steps", "4", "--use_cpu",
+        "--report_to", "none", "--max_length", "64", "--seed", "0", "--ganpo", json.dumps(GANPO),
+    ]  # fmt: skip
+    result = run_cli(args, log=tmp_path / "log.txt", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:]
+    checkpoint = out / "checkpoint-4"
+    states = [
+        torch.load(checkpoint / name, weights_only=True)["state"]
+        for name in ("ganpo_regularizer.pt", "ganpo_regularizer.rank1.pt")
+    ]
+    assert [s["disc_steps"] for s in states] == [4, 4]  # one discriminator step per policy step
+    for key in SHARED:
+        _assert_same(states[0][key], states[1][key], key)
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    assert sum("ganpo/adv_loss" in entry for entry in history) == 4
