@@ -1,0 +1,52 @@
+"""Run an OpenRLHF CLI module unchanged, with our flags taken out and our classes swapped in.
+
+The host CLI (``openrlhf.cli.train_dpo`` / ``train_rm``) builds its parser and trainer inside
+``if __name__ == "__main__"``; we run it with :func:`runpy.run_module` as ``__main__`` after
+(1) replacing the trainer class in its defining module, which the CLI imports by name when it
+runs, and (2) wrapping ``openrlhf.utils.config.hierarchize``, which the CLI calls on its parsed
+arguments right before ``train(args)``: the wrapper attaches our validated config as
+``args.<name>`` and checks how it fits the host's flags, before any model loads.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from .config import validation_message
+
+__all__ = ["attach_config", "fail", "run_host"]
+
+
+def fail(message: str, prog: str) -> NoReturn:
+    """Stop like argparse does: the message on stderr, exit status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def attach_config(name: str, value: Any, check: Callable[[Any], Any], prog: str) -> None:
+    """Make the host's ``hierarchize`` attach ``value`` as ``args.<name>`` and run ``check(args)``."""
+    import openrlhf.utils.config as host_config
+
+    original = host_config.hierarchize
+
+    def hierarchize(flat_args: Any) -> Any:
+        args = original(flat_args)
+        setattr(args, name, value)
+        try:
+            check(args)
+        except ValidationError as exc:
+            fail("the flags do not fit together:\n" + validation_message(exc), prog)
+        return args
+
+    host_config.hierarchize = hierarchize
+
+
+def run_host(module: str, host_argv: Sequence[str]) -> None:
+    """Run ``module`` as ``python -m module *host_argv`` would, in this process."""
+    sys.argv = [module, *host_argv]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# A 4-step GANPO DPO run of the real OpenRLHF 0.11.2 CLI on CPU, one process, tiny random Llama.
+# Run from the repository root:  bash examples/openrlhf/train_ganpo_dpo_tiny_cpu.sh [extra flags]
+#
+# OpenRLHF is GPU-first: on CPU it needs the test-only shims in tests/openrlhf/cpu_shims (a
+# flash_attn import stub and four CUDA-only calls given CPU equivalents). The first run compiles
+# two DeepSpeed C++ ops into TORCH_EXTENSIONS_DIR (minutes); later runs reuse them.
+set -euo pipefail
+
+OUT=${OUT:-outputs/openrlhf-tiny}
+python examples/tiny/make_tiny_assets.py --out "${OUT}/assets" --pairs 64
+
+export PYTHONPATH="${PWD}/tests/openrlhf/cpu_shims${PYTHONPATH:+:${PYTHONPATH}}"
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-${HOME}/.cache/ganpo-plugins/torch_extensions/openrlhf}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+# What torchrun would set for a single process.
+export RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-29517}
+
+python -m ganpo_openrlhf.train_dpo \
+   --model.model_name_or_path "${OUT}/assets/model" \
+   --data.dataset "${OUT}/assets/prefs.jsonl" \
+   --data.prompt_key prompt \
+   --data.input_template $'User: {}\nAssistant: ' \
+   --data.max_samples 16 \
+   --data.max_len 128 \
+   --train.batch_size 4 \
+   --train.micro_batch_size 2 \
+   --ds.zero_stage 2 \
+   --ds.attn_implementation eager \
+   --adam.lr 1e-3 \
+   --ckpt.output_dir "${OUT}/model" \
+   --ckpt.path "${OUT}/ckpt" \
+   --ckpt.save_steps 2 \
+   --logger.tensorboard_dir "${OUT}/tb" \
+   --ganpo.discriminator.d_model 32 \
+   --ganpo.discriminator.num_heads 4 \
+   --ganpo.discriminator.ffn_size 64 \
+   "$@"
+
+echo "regularizer state: ${OUT}/model/ganpo_regularizer.pt, ${OUT}/ckpt/global_step*/ganpo_regularizer.pt"
