@@ -28,7 +28,7 @@ class _Strict(BaseModel):
 
 def _positive(name: str, value: float) -> float:
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ValueError(f"{name} must be a finite number > 0")
     return value
 
 
@@ -82,7 +82,7 @@ class DiscriminatorOptimizerConfig(_Strict):
     @classmethod
     def _betas_in_unit_interval(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not all(0.0 <= b < 1.0 for b in v):
-            raise ValueError(f"betas must both lie in [0, 1), got {list(v)}; the default is [0.9, 0.999]")
+            raise ValueError("betas must both lie in [0, 1); the default is [0.9, 0.999]")
         return v
 
 
@@ -164,14 +164,14 @@ class GANPOConfig(_Strict):
     @classmethod
     def _finite_non_negative(cls, v: float) -> float:
         if not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"weight must be a finite number >= 0, got {v!r}; the paper uses 1.0")
+            raise ValueError("weight must be a finite number >= 0; the paper uses 1.0")
         return v
 
     @field_validator("ema_momentum")
     @classmethod
     def _momentum_in_unit_interval(cls, v: float) -> float:
         if not (0.0 <= v < 1.0):
-            raise ValueError(f"ema_momentum must lie in [0, 1), got {v!r}; the paper uses 0.9")
+            raise ValueError("ema_momentum must lie in [0, 1); the paper uses 0.9")
         return v
 
 

@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
 
 import pytest
+from bad_input_table import table
 
 from ganpo_plugins.config import GANPOConfigError, parse_config
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-input.md"
-
-
-def core_rows() -> list[tuple[dict, list[str]]]:
-    text = DOC.read_text()
-    section = text.split("## Core configuration", 1)[1].split("\n## ", 1)[0]
-    rows = []
-    for line in section.splitlines():
-        match = re.fullmatch(r"\| `(\{.*\})` \| (.*) \|", line.strip())
-        if match:
-            rows.append((json.loads(match.group(1)), re.findall(r"`([^`]*)`", match.group(2))))
-    return rows
-
-
-ROWS = core_rows()
+ROWS = [(json.loads(config), fragments) for config, fragments in table("Core configuration")]
 
 
 def test_the_table_is_not_empty() -> None:

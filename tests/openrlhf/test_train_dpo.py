@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import torch
 pytest.importorskip("openrlhf")
 pytest.importorskip("tensorboard")
 
+from bad_input_table import table
 from orl_host import (
     TINY_D,
     assert_states_equal,
@@ -178,17 +180,8 @@ def test_simpo_base_loss_uses_length_normalised_logps_and_margin(tiny_assets: Pa
     assert regularizer_state(tmp_path / "model" / "ganpo_regularizer.pt")["state"]["disc_steps"] == 2
 
 
-BAD_FLAGS = {
-    "unknown key": (["--ganpo.discriminator.d_modle", "256"], ["--ganpo.discriminator.d_modle", "'d_model'"]),
-    "bad value": (["--ganpo.optimizer.lr", "fast"], ["--ganpo.optimizer.lr", "'fast'"]),
-    "switch with a value": (["--ganpo.save_every_rank=yes"], ["--ganpo.save_every_rank", "no_save_every_rank"]),
-    "missing value": (["--ganpo.weight", "--ds.zero_stage", "2"], ["--ganpo.weight expects 1 value"]),
-    # Checked once OpenRLHF has parsed its own flags (all problems reported at once).
-    "flags that do not fit OpenRLHF's": (
-        ["--ganpo.preference_loss", "simpo", "--model.ipo_enable", "--ds.packing_samples", "--ds.ring_attn_size", "2"],
-        ["--ganpo.simpo_gamma: SimPO needs", "--model.ipo_enable", "--ds.packing_samples:", "--ds.ring_attn_size:"],
-    ),
-}
+# docs/bad-input.md is the test data: each row's flags must fail with each listed fragment.
+BAD_FLAGS = {flags: (shlex.split(flags), fragments) for flags, fragments in table("OpenRLHF flags")}
 
 
 @pytest.mark.parametrize("case", list(BAD_FLAGS))

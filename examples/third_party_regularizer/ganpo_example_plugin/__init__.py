@@ -16,13 +16,8 @@ class LatentL2:
 
     def policy_term(self, batch: LatentBatch) -> RegularizerOutput:
         mask_c, mask_r = batch.positions(self.mask)
-        dist = sum(
-            (masked_mean(p.float(), m) - masked_mean(r.float(), m)).pow(2).sum(-1).mean()
-            for p, r, m in (
-                (batch.policy_chosen, batch.ref_chosen, mask_c),
-                (batch.policy_rejected, batch.ref_rejected, mask_r),
-            )
-        )
+        pairs = [(batch.policy_chosen, batch.ref_chosen, mask_c), (batch.policy_rejected, batch.ref_rejected, mask_r)]
+        dist = sum((masked_mean(p.float(), m) - masked_mean(r.float(), m)).pow(2).sum(-1).mean() for p, r, m in pairs)
         return RegularizerOutput(self.weight * dist, {"latent_l2": float(dist)})
 
     def state_dict(self) -> dict:
