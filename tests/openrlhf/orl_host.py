@@ -114,22 +114,6 @@ def regularizer_state(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def assert_states_equal(a: Any, b: Any, where: str = "state") -> None:
-    """Bit-for-bit equality of nested state dicts (tensors, numbers, lists)."""
-    if isinstance(a, Mapping):
-        assert isinstance(b, Mapping) and set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
-        for key in a:
-            assert_states_equal(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: {a!r} != {b!r}"
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_states_equal(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{where}: tensors differ (max |Δ| {(a.float() - b.float()).abs().max()})"
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

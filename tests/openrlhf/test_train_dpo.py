@@ -20,7 +20,6 @@ pytest.importorskip("tensorboard")
 from bad_input_table import table
 from orl_host import (
     TINY_D,
-    assert_states_equal,
     check,
     dpo_args,
     regularizer_state,
@@ -28,6 +27,7 @@ from orl_host import (
     scalars,
     write_jsonl,
 )
+from state_equality import assert_states_equal
 
 from ganpo_plugins import GANPORegularizer, RegularizerContext, parse_config
 

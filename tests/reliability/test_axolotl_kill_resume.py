@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from state_equality import assert_states_equal
 
 pytest.importorskip("axolotl.cli", reason="needs Axolotl 0.19.0: tox -e axolotl")
 
@@ -46,21 +47,6 @@ def _write_config(folder: Path, tiny: Path, example_config: Callable[..., dict[s
 def _losses(checkpoint: Path) -> dict[int, float]:
     history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
     return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
-
-
-def _assert_same(a: Any, b: Any, where: str = "state") -> None:
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(
@@ -106,8 +92,8 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(
     ours = torch.load(out / last / "ganpo_regularizer.pt", weights_only=True)["state"]
     theirs = torch.load(full_out / last / "ganpo_regularizer.pt", weights_only=True)["state"]
     assert ours["disc_steps"] == STEPS
-    _assert_same(ours, theirs)  # discriminators, μ, optimisers, RNG stream, counters
+    assert_states_equal(ours, theirs)  # discriminators, μ, optimisers, RNG stream, counters
     assert _losses(out / last) == _losses(full_out / last)
     from safetensors.torch import load_file
 
-    _assert_same(load_file(out / "model.safetensors"), load_file(full_out / "model.safetensors"), "policy")
+    assert_states_equal(load_file(out / "model.safetensors"), load_file(full_out / "model.safetensors"), "policy")

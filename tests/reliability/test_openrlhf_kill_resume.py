@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from state_equality import assert_states_equal
 
 pytest.importorskip("openrlhf")
 pytest.importorskip("tensorboard")
@@ -79,7 +80,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_assets: Path, hos
     expected = orl_host.regularizer_state(whole / "model" / "ganpo_regularizer.pt")["state"]
     actual = orl_host.regularizer_state(broken / "model" / "ganpo_regularizer.pt")["state"]
     assert actual["disc_steps"] == STEPS
-    orl_host.assert_states_equal(actual, expected)
+    assert_states_equal(actual, expected)
 
     from safetensors.torch import load_file
 

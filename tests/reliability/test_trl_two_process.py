@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from state_equality import assert_states_equal
 
 pytest.importorskip("trl.trainer", reason="needs TRL 1.9: tox -e axolotl")
 pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
@@ -19,21 +20,6 @@ pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 GANPO = {"save_every_rank": True, "discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
 SHARED = ("discriminators", "optimizers", "mu", "mu_initialized", "disc_steps", "skipped_updates")
-
-
-def _assert_same(a: Any, b: Any, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def test_every_rank_holds_the_same_regularizer(tmp_path: Path, tiny_assets: Path, run_cli: Callable[..., Any]) -> None:
@@ -55,6 +41,6 @@ def test_every_rank_holds_the_same_regularizer(tmp_path: Path, tiny_assets: Path
     ]
     assert [s["disc_steps"] for s in states] == [4, 4]  # one discriminator step per policy step
     for key in SHARED:
-        _assert_same(states[0][key], states[1][key], key)
+        assert_states_equal(states[0][key], states[1][key], key)
     history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
     assert sum("ganpo/adv_loss" in entry for entry in history) == 4
