@@ -11,7 +11,7 @@ Each host runs its real training CLI in a subprocess, the same model, data and s
   the GANPO runs); ``benchmarks/`` is on ``PYTHONPATH``.
 - OpenRLHF: ``python -m openrlhf.cli.train_dpo`` (plain) or ``python -m ganpo_openrlhf.train_dpo``
   (GANPO), one process, ZeRO-2, through the benchmark-only launcher ``ganpo_bench_openrlhf``, with
-  the test-only CPU shims ``tests/openrlhf/cpu_shims`` on ``PYTHONPATH`` as the OpenRLHF tests run
+  the test-only CPU shims ``tests/host_openrlhf/cpu_shims`` on ``PYTHONPATH`` as the OpenRLHF tests run
   it. OpenRLHF loads models in bf16 only; Axolotl runs fp32 here (the discriminators always run
   fp32).
 
@@ -74,7 +74,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
-SHIMS = REPO / "tests" / "openrlhf" / "cpu_shims"
+SHIMS = REPO / "tests" / "host_openrlhf" / "cpu_shims"
 PROBE_FILE = "step_probe.json"  # ganpo_bench_axolotl.PROBE_FILE (not imported: it needs Axolotl)
 STATE_FILE = "ganpo_regularizer.pt"
 RUNS = (("plain DPO", None), ("GANPO (mask response)", "response"), ("GANPO (mask none)", "none"))

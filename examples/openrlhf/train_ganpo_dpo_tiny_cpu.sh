@@ -2,7 +2,7 @@
 # A 4-step GANPO DPO run of the real OpenRLHF 0.11.2 CLI on CPU, one process, tiny random Llama.
 # Run from the repository root:  bash examples/openrlhf/train_ganpo_dpo_tiny_cpu.sh [extra flags]
 #
-# OpenRLHF is GPU-first: on CPU it needs the test-only shims in tests/openrlhf/cpu_shims (a
+# OpenRLHF is GPU-first: on CPU it needs the test-only shims in tests/host_openrlhf/cpu_shims (a
 # flash_attn import stub and four CUDA-only calls given CPU equivalents). The first run compiles
 # two DeepSpeed C++ ops into TORCH_EXTENSIONS_DIR (minutes); later runs reuse them.
 set -euo pipefail
@@ -10,7 +10,7 @@ set -euo pipefail
 OUT=${OUT:-outputs/openrlhf-tiny}
 python examples/tiny/make_tiny_assets.py --out "${OUT}/assets" --pairs 64
 
-export PYTHONPATH="${PWD}/tests/openrlhf/cpu_shims${PYTHONPATH:+:${PYTHONPATH}}"
+export PYTHONPATH="${PWD}/tests/host_openrlhf/cpu_shims${PYTHONPATH:+:${PYTHONPATH}}"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-${HOME}/.cache/ganpo-plugins/torch_extensions/openrlhf}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 # What torchrun would set for a single process.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("trl.trainer", reason="needs TRL 1.9.0: tox -e axolotl")  # not "trl": tests/trl shadows it
+pytest.importorskip("trl.trainer", reason="needs TRL 1.9.0: tox -e axolotl")
 
 import torch
 from safetensors.torch import load_file

@@ -20,7 +20,7 @@ from state_equality import assert_states_equal
 pytest.importorskip("openrlhf")
 pytest.importorskip("tensorboard")
 
-_spec = importlib.util.spec_from_file_location("orl_host", Path(__file__).parents[1] / "openrlhf" / "orl_host.py")
+_spec = importlib.util.spec_from_file_location("orl_host", Path(__file__).parents[1] / "host_openrlhf" / "orl_host.py")
 assert _spec is not None and _spec.loader is not None
 orl_host = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(orl_host)

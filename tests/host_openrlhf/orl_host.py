@@ -1,5 +1,5 @@
 """Run the real OpenRLHF CLIs (through our launchers) in subprocesses on CPU, and read back what
-they wrote. Shared by ``tests/openrlhf`` and ``tests/reliability/test_openrlhf_*.py``.
+they wrote. Shared by ``tests/host_openrlhf`` and ``tests/reliability/test_openrlhf_*.py``.
 
 Subprocesses get ``cpu_shims/`` on ``PYTHONPATH`` (the ``flash_attn`` import stub and the four
 CUDA-only spots patched in ``sitecustomize.py``) and a persistent DeepSpeed op cache
