@@ -9,7 +9,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_reduce_sum", "average_gradients", "broadcast_buffers", "data_parallel_group", "rank"]
+__all__ = [
+    "all_reduce_sum",
+    "average_gradients",
+    "broadcast_buffers",
+    "data_parallel_group",
+    "rank",
+    "resync_if_diverged",
+]
 
 
 def data_parallel_group(group: Any = None) -> Any:
@@ -65,3 +72,23 @@ def broadcast_buffers(module: torch.nn.Module, group: Any) -> None:
     src = dist.get_global_rank(group, 0)
     for buffer in module.buffers():
         dist.broadcast(buffer, src=src, group=group)
+
+
+def resync_if_diverged(tensors: list[torch.Tensor], group: Any) -> bool:
+    """Make ``tensors`` identical on every rank of ``group`` if they are not; True if they were not.
+
+    Identical gradients and identical updates should keep ranks bit-identical, but nothing in
+    floating point promises it across processes. A float64 checksum per rank (one two-element
+    all-reduce) detects any drift; only then are the tensors broadcast from the first rank.
+    """
+    if group is None:
+        return False
+    checksum = torch.stack([t.detach().double().sum() for t in tensors]).sum()
+    extremes = torch.stack([checksum, -checksum])
+    dist.all_reduce(extremes, op=dist.ReduceOp.MAX, group=group)
+    if extremes[0] == -extremes[1]:
+        return False
+    src = dist.get_global_rank(group, 0)
+    for tensor in tensors:
+        dist.broadcast(tensor.data, src=src, group=group)
+    return True

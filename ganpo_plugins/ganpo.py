@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .config import GANPOConfig
 from .discriminators import compact_positions, pad_and_stack
-from .distributed import all_reduce_sum, average_gradients, broadcast_buffers, data_parallel_group
+from .distributed import all_reduce_sum, average_gradients, broadcast_buffers, data_parallel_group, resync_if_diverged
 from .functional import lr_schedule_factor, ragan_discriminator_loss, ragan_generator_loss
 from .protocol import LatentBatch, Metrics, RegularizerContext, RegularizerOutput, StepInfo
 from .registry import resolve
@@ -87,6 +87,7 @@ class GANPORegularizer:
         self.policy_steps = 0  # accumulation boundaries seen: drives the schedule, like the policy's
         self._pending = 0  # micro-batches with gradients since the last optimiser step
         self.skipped_updates = 0
+        self.rank_resyncs = 0  # times the discriminators were found to differ between ranks
         self.saturated_run = [0, 0]
         self._warned: set[str] = set()
 
@@ -245,6 +246,19 @@ class GANPORegularizer:
         for side in SIDES:
             self.optimizers[side].zero_grad(set_to_none=True)
         broadcast_buffers(self.discriminators, self.group)
+        if resync_if_diverged(self._synced_tensors(), self.group):
+            self.rank_resyncs += 1
+            self._warn_once(
+                "resync", "GANPO: discriminator state had drifted between ranks; re-synced from the first rank"
+            )
+
+    def _synced_tensors(self) -> list[Tensor]:
+        """What every rank must hold identically: parameters and their optimiser state."""
+        tensors = list(self.discriminators.parameters())
+        for optimizer in self.optimizers.values():
+            for state in optimizer.state.values():
+                tensors.extend(v for v in state.values() if torch.is_tensor(v))
+        return tensors
 
     def _track_saturation(self, metrics: Metrics) -> Metrics:
         out: Metrics = {}
@@ -294,6 +308,7 @@ class GANPORegularizer:
             "disc_steps": self.disc_steps,
             "policy_steps": self.policy_steps,
             "skipped_updates": self.skipped_updates,
+            "rank_resyncs": self.rank_resyncs,
             "saturated_run": list(self.saturated_run),
             "cpu_rng": self._cpu_rng.clone(),
             "cuda_rng": None if self._cuda_rng is None else self._cuda_rng.clone(),
@@ -308,6 +323,7 @@ class GANPORegularizer:
         self.disc_steps = int(state["disc_steps"])
         self.policy_steps = int(state["policy_steps"])
         self.skipped_updates = int(state["skipped_updates"])
+        self.rank_resyncs = int(state["rank_resyncs"])
         self.saturated_run = [int(x) for x in state["saturated_run"]]
         self._cpu_rng = state["cpu_rng"].cpu()
         if self._cuda_rng is not None and state.get("cuda_rng") is not None:
