@@ -15,6 +15,7 @@ before a model is loaded.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -226,8 +227,30 @@ def _cmd_score(args: argparse.Namespace) -> int:
             raise APODataError(
                 f"{source} row {i + 1}: already has 'rewards' (a scored file?); pass the samples file from sample"
             )
-    settings = {"reward_model": _model_id(args.reward_model), "samples": str(args.samples.resolve())}
-    done_rows = _resume(args.out, settings, args.overwrite, {"reward_model": "--reward-model", "samples": "--samples"})
+    if args.input_template is not None:
+        if args.trained_by != "openrlhf":
+            raise APODataError(
+                f"--input-template {args.input_template!r}: only OpenRLHF reward models read it; "
+                "add --trained-by openrlhf or drop --input-template"
+            )
+        if "{}" not in args.input_template:
+            raise APODataError(
+                f"--input-template {args.input_template!r}: needs a {{}} where the prompt goes, "
+                "as OpenRLHF's --data.input_template (e.g. 'User: {}\\nAssistant: ')"
+            )
+        if is_chat(rows[0]["prompt"]):
+            raise APODataError(
+                f"--input-template: {source} holds chat prompts, which go through the chat template "
+                "(OpenRLHF's --data.apply_chat_template); drop --input-template"
+            )
+    settings = {
+        "reward_model": _model_id(args.reward_model),
+        "samples": str(args.samples.resolve()),
+        "trained_by": args.trained_by,
+        "input_template": args.input_template,
+    }
+    names = {key: "--" + key.replace("_", "-") for key in settings}
+    done_rows = _resume(args.out, settings, args.overwrite, names)
     done = _done_keys(done_rows, args.out, {prompt_key(r["prompt"]) for r in rows}, source)
     todo = [r for r in rows if prompt_key(r["prompt"]) not in done]
     if not todo:
@@ -239,10 +262,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
     device = hf.resolve_device(args.device)
     tokenizer = hf.load_tokenizer(str(args.reward_model), padding_side="right")
     model = hf.load_reward_model(str(args.reward_model), tokenizer, device, hf.resolve_dtype(args.dtype, device))
+    if args.trained_by == "openrlhf":
+        token_ids = functools.partial(hf.openrlhf_reward_input_ids, input_template=args.input_template)
+    else:
+        token_ids = hf.reward_input_ids  # Axolotl's RM (type: ganpo_axolotl.apo) tokenizes as TRL's
 
     def work(batch: Sequence[dict]) -> list[dict]:
         items = [(r["prompt"], s) for r in batch for s in r["samples"]]
-        rewards = hf.score_responses(model, tokenizer, items, args.batch_size * k)
+        rewards = hf.score_responses(model, tokenizer, items, args.batch_size * k, token_ids)
         return [{**r, "rewards": rewards[i * k : (i + 1) * k]} for i, r in enumerate(batch)]
 
     n = _run_resumable(
@@ -326,6 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True, type=Path, help="samples jsonl from sample")
     p.add_argument("--out", required=True, type=Path, help="scored jsonl: samples rows plus 'rewards'")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward (x k sequences)")
+    p.add_argument(
+        "--trained-by",
+        default="trl",
+        choices=["trl", "axolotl", "openrlhf"],
+        help="the trainer of the RM: its inputs are tokenized as that trainer did, so the reward is read at "
+        "the token it was trained on (trl and axolotl: the chat template or text + eos; openrlhf: "
+        "text + ' ' + eos, as its train_rm)",
+    )
+    p.add_argument(
+        "--input-template",
+        default=None,
+        help="with --trained-by openrlhf and string prompts: the --data.input_template the RM was trained with",
+    )
     device_options(p)
     p.set_defaults(run=_cmd_score)
 

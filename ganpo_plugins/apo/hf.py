@@ -3,7 +3,7 @@ sequence-classification reward model. Imported only by ``ganpo-apo sample`` / ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ __all__ = [
     "load_policy",
     "load_reward_model",
     "load_tokenizer",
+    "openrlhf_reward_input_ids",
     "reward_input_ids",
     "score_responses",
 ]
@@ -134,13 +135,43 @@ def reward_input_ids(
     return list(tokenizer(text)["input_ids"])
 
 
+def openrlhf_reward_input_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: Prompt, response: str, input_template: str | None = None
+) -> list[int]:
+    """Token ids of prompt + response as OpenRLHF 0.11's ``train_rm`` builds them (its
+    ``RewardDataset``), whose reward model reads its reward at an EOS appended after the text:
+    chat rows through the chat template (``--data.apply_chat_template``), text rows as
+    ``input_template.format(prompt) + response`` (``--data.input_template``); then trailing
+    newlines stripped, ``" " + eos`` appended unless the text already ends with it, and no other
+    special tokens added. OpenRLHF's truncation to ``--data.max_len`` is not applied."""
+    if isinstance(prompt, list):
+        # OpenRLHF joins the rendered prompt and the tail of the rendered conversation past its length
+        head = _chat_text(tokenizer, prompt_messages(prompt), tokenize=False, add_generation_prompt=True)
+        messages = [*prompt_messages(prompt), {"role": "assistant", "content": response}]
+        text = head + _chat_text(tokenizer, messages, tokenize=False)[len(head) :]
+    else:
+        text = (input_template.format(prompt) if input_template else prompt) + response
+    text = text.rstrip("\n")
+    if not text.endswith(tokenizer.eos_token):
+        text += " " + tokenizer.eos_token
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+TokenIds = Callable[[PreTrainedTokenizerBase, Prompt, str], list[int]]
+
+
 @torch.no_grad()
 def score_responses(
-    model: Any, tokenizer: PreTrainedTokenizerBase, items: Sequence[tuple[Prompt, str]], batch_size: int
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[tuple[Prompt, str]],
+    batch_size: int,
+    token_ids: TokenIds = reward_input_ids,
 ) -> list[float]:
-    """Reward of each (prompt, response): the model's output at the last response token (its head
-    reads the rightmost non-pad token; batches are right-padded and grouped by length)."""
-    ids = [reward_input_ids(tokenizer, p, r) for p, r in items]
+    """Reward of each (prompt, response), tokenized by ``token_ids`` as the reward model's trainer
+    did: the model's output at the last token (its head reads the rightmost non-pad token;
+    batches are right-padded and grouped by length)."""
+    ids = [token_ids(tokenizer, p, r) for p, r in items]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     rewards = [0.0] * len(ids)
     for start in range(0, len(order), batch_size):

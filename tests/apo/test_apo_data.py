@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -413,3 +414,26 @@ def test_cli_score_and_pairs_reject_bad_files(tmp_path: Path, capsys: pytest.Cap
     )  # fmt: skip
     assert code == 2 and "s.jsonl row 1: no golden response for prompt 'a'" in err
     assert not (tmp_path / "p.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "flags", "needle"),
+    [
+        ("a", ["--input-template", "Q: {}\nA: "], "only OpenRLHF reward models read it; add --trained-by openrlhf"),
+        ("a", ["--trained-by", "openrlhf", "--input-template", "Q: "], "needs a {} where the prompt goes"),
+        (
+            [{"role": "user", "content": "a"}],
+            ["--trained-by", "openrlhf", "--input-template", "Q: {}\nA: "],
+            "holds chat prompts, which go through the chat template",
+        ),
+    ],
+)
+def test_cli_score_rejects_input_template_misuse_before_loading(
+    prompt: Any, flags: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_jsonl(tmp_path / "s.jsonl", [{"prompt": prompt, "samples": ["x", "y"]}])
+    args = ["score", "--reward-model", str(tmp_path / "no-rm"), "--samples", str(tmp_path / "s.jsonl")]
+    code, err = run_cli([*args, "--out", str(tmp_path / "sc.jsonl"), *flags], capsys)
+    assert code == 2 and needle in err, err
+    assert err.startswith("ganpo-apo score: error: --input-template")
+    assert not (tmp_path / "sc.jsonl").exists()

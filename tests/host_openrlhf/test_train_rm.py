@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +16,10 @@ import torch
 pytest.importorskip("openrlhf")
 pytest.importorskip("tensorboard")
 
-from orl_host import TEMPLATE, check, run, scalars, write_jsonl
+from orl_host import TEMPLATE, check, run, scalars, subprocess_env, write_jsonl
 
 MODULE = "ganpo_openrlhf.train_rm"
+OPENRLHF_REWARDS = Path(__file__).resolve().parent / "openrlhf_rewards.py"
 PAIRS = 8
 
 
@@ -118,3 +121,54 @@ def test_bad_apo_flags_stop_before_any_model_loads(
     for text in expected:
         assert text in result.stdout, result.stdout[-3000:]
     assert "Loading weights" not in result.stdout and not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["text", "chat"])
+def test_apo_score_reads_an_openrlhf_rm_where_openrlhf_does(
+    chat: bool, apo_runs: dict[float, Path], tiny_assets: Path, host_env, tmp_path: Path
+) -> None:
+    """`ganpo-apo score --trained-by openrlhf` builds the token ids of OpenRLHF's own RewardDataset and
+    reads the rewards of OpenRLHF's own RewardModel; the default (TRL's tokens) reads other tokens."""
+    from transformers import AutoTokenizer
+
+    from ganpo_plugins.apo.hf import openrlhf_reward_input_ids
+
+    rm = apo_runs[0.1] / "model"
+    pairs = [json.loads(line) for line in (tiny_assets / "prefs.jsonl").read_text().splitlines()[:3]]
+    samples = [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}] if chat else r["prompt"],
+            "samples": [r["chosen"], r["rejected"] + "\n"],  # OpenRLHF strips trailing newlines
+        }
+        for r in pairs
+    ]
+    write_jsonl(tmp_path / "samples.jsonl", samples)
+    template = None if chat else TEMPLATE
+    scored = {}
+    for trained_by in ("openrlhf", "trl"):
+        out = tmp_path / f"scored_{trained_by}.jsonl"
+        args = ["score", "--reward-model", str(rm), "--samples", str(tmp_path / "samples.jsonl"), "--out", str(out)]
+        args += ["--trained-by", trained_by, "--device", "cpu", "--dtype", "float32"]
+        if trained_by == "openrlhf" and template:
+            args += ["--input-template", template]
+        log = tmp_path / f"score_{trained_by}.log"
+        check(run("ganpo_plugins.apo", args, log, host_env), log)
+        scored[trained_by] = [x for line in out.read_text().splitlines() for x in json.loads(line)["rewards"]]
+
+    items = [{"prompt": s["prompt"], "response": r} for s in samples for r in s["samples"]]
+    write_jsonl(tmp_path / "items.jsonl", items)
+    theirs_path = tmp_path / "openrlhf.json"
+    command = [sys.executable, str(OPENRLHF_REWARDS), str(rm), str(tmp_path / "items.jsonl"), str(theirs_path)]
+    result = subprocess.run(
+        command + (["--input-template", template] if template else []),
+        env=subprocess_env(host_env, 1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:]
+    theirs = json.loads(theirs_path.read_text())
+
+    tokenizer = AutoTokenizer.from_pretrained(rm)
+    ours = [openrlhf_reward_input_ids(tokenizer, i["prompt"], i["response"], template) for i in items]
+    assert ours == theirs["input_ids"]
+    assert all(ids[-1] == tokenizer.eos_token_id for ids in ours)
+    assert scored["openrlhf"] == pytest.approx(theirs["rewards"], abs=1e-5)
+    assert max(abs(a - b) for a, b in zip(scored["trl"], theirs["rewards"], strict=True)) > 1e-3
