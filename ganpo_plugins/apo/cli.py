@@ -53,10 +53,11 @@ def _meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".meta.json")
 
 
-def _resume(out: Path, settings: dict[str, Any], overwrite: bool, option_names: dict[str, str]) -> list[dict]:
+def _resume(out: Path, settings: dict[str, Any], overwrite: bool) -> list[dict]:
     """Rows a previous run with the same ``settings`` already wrote to ``out`` (none when starting
-    fresh or over). The settings live beside the output in ``OUT.meta.json``. Nothing is deleted
-    here: an ``--overwrite`` run truncates ``out`` only once its model is loaded."""
+    fresh or over). The settings live beside the output in ``OUT.meta.json``, each under the name
+    of its option (``max_new_tokens`` = ``--max-new-tokens``). Nothing is deleted here: an
+    ``--overwrite`` run truncates ``out`` only once its model is loaded."""
     meta = _meta_path(out)
     if overwrite or not out.exists():
         return []
@@ -68,9 +69,10 @@ def _resume(out: Path, settings: dict[str, Any], overwrite: bool, option_names: 
     recorded = json.loads(meta.read_text())
     for key, value in settings.items():
         if recorded.get(key) != value:
+            option = "--" + key.replace("_", "-")
             raise APODataError(
-                f"--out {out} was started with {option_names[key]} {recorded.get(key)!r}, this run asks "
-                f"{value!r}: re-run with {option_names[key]} {recorded.get(key)!r} to continue it, "
+                f"--out {out} was started with {option} {recorded.get(key)!r}, this run asks "
+                f"{value!r}: re-run with {option} {recorded.get(key)!r} to continue it, "
                 "or pass --overwrite to start over"
             )
     if repair_jsonl_tail(out):
@@ -168,8 +170,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "format": args.format,
     }
-    names = {key: "--" + key.replace("_", "-") for key in settings}
-    done_rows = _resume(args.out, settings, args.overwrite, names)
+    done_rows = _resume(args.out, settings, args.overwrite)
     if done_rows:
         check_sample_rows(done_rows, str(args.out), args.k)
     done = _done_keys(done_rows, args.out, {prompt_key(r[args.prompt_field]) for r in rows}, source)
@@ -249,8 +250,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         "trained_by": args.trained_by,
         "input_template": args.input_template,
     }
-    names = {key: "--" + key.replace("_", "-") for key in settings}
-    done_rows = _resume(args.out, settings, args.overwrite, names)
+    done_rows = _resume(args.out, settings, args.overwrite)
     done = _done_keys(done_rows, args.out, {prompt_key(r["prompt"]) for r in rows}, source)
     todo = [r for r in rows if prompt_key(r["prompt"]) not in done]
     if not todo:

@@ -146,9 +146,10 @@ def openrlhf_reward_input_ids(
     special tokens added. OpenRLHF's truncation to ``--data.max_len`` is not applied."""
     if isinstance(prompt, list):
         # OpenRLHF joins the rendered prompt and the tail of the rendered conversation past its length
-        head = _chat_text(tokenizer, prompt_messages(prompt), tokenize=False, add_generation_prompt=True)
-        messages = [*prompt_messages(prompt), {"role": "assistant", "content": response}]
-        text = head + _chat_text(tokenizer, messages, tokenize=False)[len(head) :]
+        messages = prompt_messages(prompt)
+        head = _chat_text(tokenizer, messages, tokenize=False, add_generation_prompt=True)
+        conversation = [*messages, {"role": "assistant", "content": response}]
+        text = head + _chat_text(tokenizer, conversation, tokenize=False)[len(head) :]
     else:
         text = (input_template.format(prompt) if input_template else prompt) + response
     text = text.rstrip("\n")

@@ -43,6 +43,7 @@ def main() -> None:
         prompt_key="prompt", chosen_key="chosen", rejected_key="rejected", apply_chat_template=chat,
         tokenizer_chat_template=None,
     )  # fmt: skip
+    # train_rm saves bf16 weights (its default), so loading in bf16 and upcasting is exact
     model = get_llm_for_sequence_regression(args.rm, "reward", param_dtype="bf16", attn_implementation="eager")
     model = model.float().eval()
     tokenizer = get_tokenizer(args.rm, model, "left")
