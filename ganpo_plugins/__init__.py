@@ -6,6 +6,7 @@ The core is framework-agnostic; adapters attach it to TRL, Axolotl and OpenRLHF.
 from .config import GANPOConfig, GANPOConfigError, parse_config
 from .ganpo import GANPORegularizer
 from .hookspecs import hookimpl
+from .hosts import attach
 from .mmd import MMDRegularizer
 from .preference import PairLogps, PreferenceLoss
 from .protocol import LatentBatch, LatentRegularizer, RegularizerContext, RegularizerOutput, StepInfo
@@ -28,6 +29,7 @@ __all__ = [
     "RegularizerOutput",
     "RegularizerRunner",
     "StepInfo",
+    "attach",
     "build_regularizer",
     "hookimpl",
     "parse_config",

@@ -1,9 +1,15 @@
 """Capture last-layer hidden states from the host's own forwards (no extra forward, ever).
 
-A forward pre-hook on the model's output embeddings (``lm_head``) sees exactly the output of
-the decoder's final norm, whatever the architecture calls that norm. Wrappers are looked
-through: DeepSpeed engines and DDP (``.module``), PEFT models, and containers holding the HF
-model as ``.model`` (OpenRLHF's ``Actor``).
+The stable place to read them is the output of the decoder body (``get_decoder()``, e.g.
+``LlamaForCausalLM.model``): its ``last_hidden_state`` is the final-norm output, whatever the
+architecture calls that norm, and every host path still computes it — TRL's fused LM head
+(``model(..., fused_lm_head=True)``, TRL ≥ 1.16) and Liger's fused losses skip ``lm_head``'s
+forward, never the decoder's. A forward hook on the decoder body therefore fires on every
+path. Models without a separate decoder body (a test double, an exotic wrapper) fall back to a
+forward pre-hook on the output embeddings (``lm_head``), whose input is the same tensor.
+
+Wrappers are looked through: DeepSpeed engines, DDP and FSDP (``.module``), PEFT models, and
+containers holding the HF model as ``.model`` (OpenRLHF's ``Actor``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HiddenStateTap", "TapRecord", "find_output_embeddings"]
+__all__ = ["HiddenStateTap", "TapRecord", "find_decoder", "find_output_embeddings", "hidden_size"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,14 @@ class TapRecord:
     source: int
 
 
+def _unwrap(model: Any) -> Any:
+    """One level of wrapper down (``.module``, then ``.model``), or ``None`` at the bottom."""
+    inner = getattr(model, "module", None)
+    if not isinstance(inner, nn.Module):
+        inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) and inner is not model else None
+
+
 def find_output_embeddings(model: Any) -> nn.Module:
     """The module whose input is the final hidden state, looking through known wrappers."""
     current = model
@@ -36,16 +50,45 @@ def find_output_embeddings(model: Any) -> nn.Module:
             emb = get()
             if isinstance(emb, nn.Module):
                 return emb
-        inner = getattr(current, "module", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(current, "model", None)
-        if not isinstance(inner, nn.Module) or inner is current:
+        current = _unwrap(current)
+        if current is None:
             break
-        current = inner
     raise TypeError(
         f"cannot find the output embeddings of {type(model).__name__}: expected a transformers "
         "model (get_output_embeddings) or a wrapper exposing it as .module or .model"
     )
+
+
+def find_decoder(model: Any) -> nn.Module | None:
+    """The decoder body of a causal LM (``get_decoder()``), looking through known wrappers;
+    ``None`` when the model has none distinct from itself."""
+    current = model
+    for _ in range(8):
+        get = getattr(current, "get_decoder", None)
+        if callable(get):
+            try:
+                decoder = get()
+            except (AttributeError, NotImplementedError, ValueError):
+                decoder = None
+            if isinstance(decoder, nn.Module) and decoder is not current and decoder is not model:
+                return decoder
+        current = _unwrap(current)
+        if current is None:
+            break
+    return None
+
+
+def hidden_size(model: Any) -> int:
+    """The width of the final hidden state (the output embeddings' input size)."""
+    size = getattr(find_output_embeddings(model), "in_features", None)
+    if size is None:
+        raise TypeError(f"cannot read the hidden size of {type(model).__name__}: its output embeddings are not Linear")
+    return int(size)
+
+
+def _last_hidden_state(output: Any) -> Tensor:
+    hidden = getattr(output, "last_hidden_state", None)
+    return hidden if isinstance(hidden, Tensor) else output[0]
 
 
 class HiddenStateTap:
@@ -54,24 +97,41 @@ class HiddenStateTap:
     With LoRA the policy and its adapter-disabled reference are one module: the same hook
     fires twice (policy with grad, then reference without); each record says which.
     Use :meth:`take` once per step so no tensor outlives it; :meth:`close` removes the hooks.
+    ``where`` says, per hooked model, which seam is used (``decoder`` or ``lm_head``).
     """
 
     def __init__(self, *models: Any) -> None:
         self.records: list[TapRecord] = []
         self.enabled = True
-        self._handles = []
-        hooked: dict[int, int] = {}
+        self.where: list[str] = []
+        self._handles: list[Any] = []
+        hooked: set[int] = set()
         for index, model in enumerate(models):
-            module = find_output_embeddings(model)
+            decoder = find_decoder(model)
+            module = decoder if decoder is not None else find_output_embeddings(model)
             if id(module) in hooked:  # shared module (LoRA policy/reference): one hook
                 continue
-            hooked[id(module)] = index
-            self._handles.append(module.register_forward_pre_hook(self._make_hook(index)))
+            hooked.add(id(module))
+            if decoder is not None:
+                self.where.append("decoder")
+                self._handles.append(module.register_forward_hook(self._decoder_hook(index)))
+            else:
+                self.where.append("lm_head")
+                self._handles.append(module.register_forward_pre_hook(self._lm_head_hook(index)))
 
-    def _make_hook(self, index: int):
+    def _record(self, hidden: Tensor, index: int) -> None:
+        if self.enabled:
+            self.records.append(TapRecord(hidden, torch.is_grad_enabled(), index))
+
+    def _decoder_hook(self, index: int):
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            self._record(_last_hidden_state(output), index)
+
+        return hook
+
+    def _lm_head_hook(self, index: int):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if self.enabled:
-                self.records.append(TapRecord(args[0], torch.is_grad_enabled(), index))
+            self._record(args[0], index)
 
         return hook
 

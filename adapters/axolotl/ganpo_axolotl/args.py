@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from ganpo_plugins import GANPOConfig, GANPOConfigError, parse_config
 
+from .plugin import ganpo_enabled
+
 __all__ = ["GANPOArgs", "settings_from_axolotl"]
 
 SUPPORTED_RL = ("dpo", "ipo", "simpo")
@@ -43,6 +45,8 @@ class GANPOArgs(BaseModel):
     def _fits_axolotl(self) -> GANPOArgs:
         # ``self`` is Axolotl's whole config model: this class is one of its bases.
         cfg = self.__dict__
+        if not ganpo_enabled(cfg):
+            return self  # loaded by entry point in a run that does not ask for GANPO: inert
         rl = _value(cfg.get("rl"))
         problems: list[str] = []
         if rl not in SUPPORTED_RL:

@@ -5,19 +5,50 @@
     ganpo:
       weight: 1.0
 
-Axolotl loads plugins by ``module.Class`` (``load_plugin`` splits on the last dot), so the
-short form ``plugins: [ganpo]`` cannot work; ``ganpo_axolotl.GANPOPlugin`` is the shortest.
+When GANPO is on: a ``ganpo:`` block is present, or the plugin is listed in ``plugins:`` (then
+the block's defaults apply). Axolotl ≥ 0.21 also loads the plugin by its entry point (group
+``axolotl.plugins``) in every run of an environment where this package is installed, so the
+block alone switches GANPO on there; without either, the plugin stays inert: no validation, no
+attach. Axolotl 0.19 reads ``plugins:`` only (``module.Class``: its loader splits on the last
+dot, so a bare ``ganpo`` cannot work).
+
+A misspelt block (``gnapo:``) is refused when the plugin registers, before validation and
+before any model loads; Axolotl would otherwise drop the unknown key and train without it.
+
+Host objects used (nothing of Axolotl is patched): the plugin hooks ``register``,
+``get_input_args``, ``post_model_load``, ``post_trainer_create`` and ``post_train``; the
+trainer Axolotl builds is handed to :func:`ganpo_plugins.attach` (the TRL adapter, whose
+``WRAPPED`` lists what it wraps on that trainer instance).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from typing import Any, ClassVar
 
 from axolotl.integrations.base import BasePlugin
 
 from ganpo_plugins import GANPOConfig, parse_config
 
-__all__ = ["GANPOPlugin"]
+__all__ = ["GANPOPlugin", "ganpo_enabled"]
+
+BLOCK = "ganpo"
+PLUGIN_MODULE = "ganpo_axolotl"
+
+
+def ganpo_enabled(cfg: Any) -> bool:
+    """GANPO is on when the config has a ``ganpo:`` block or lists this plugin."""
+    if _get(cfg, BLOCK) is not None:
+        return True
+    return any(str(name).replace(":", ".").startswith(PLUGIN_MODULE + ".") for name in _get(cfg, "plugins") or [])
+
+
+def misspelt_block(keys: Any) -> str | None:
+    """A top-level key that looks like a misspelling of ``ganpo`` (``gnapo``, ``ganpo_``)."""
+    for key in keys:
+        if isinstance(key, str) and key != BLOCK and difflib.get_close_matches(key.lower(), [BLOCK], cutoff=0.7):
+            return key
+    return None
 
 
 class GANPOPlugin(BasePlugin):
@@ -28,24 +59,47 @@ class GANPOPlugin(BasePlugin):
     For ``rl: simpo`` the second model Axolotl loads (the model hooks run twice) serves as
     the frozen reference; with an adapter and no second model, the reference is the policy
     with its adapters disabled.
+
+    Axolotl ≥ 0.21 may register the plugin twice (its entry point and a ``plugins:`` line name
+    the same class differently): the first instance works, later ones stay inert.
     """
+
+    _working: ClassVar[GANPOPlugin | None] = None
 
     def __init__(self) -> None:
         super().__init__()
+        self.duplicate = GANPOPlugin._working is not None
+        if not self.duplicate:
+            GANPOPlugin._working = self
+        self.enabled = False
         self.models: list[Any] = []
         self.attachment: Any = None
 
-    def get_input_args(self) -> str:
-        return "ganpo_axolotl.args.GANPOArgs"
+    def register(self, cfg: Any) -> None:
+        if self.duplicate:
+            return
+        typo = misspelt_block(cfg.keys())
+        if typo is not None:
+            raise ValueError(
+                f"unknown top-level key {typo!r}: did you mean {BLOCK!r}? Axolotl would drop it and train without "
+                f"the regularizer; rename it to {BLOCK}:"
+            )
+        self.enabled = ganpo_enabled(cfg)
+
+    def get_input_args(self) -> str | None:
+        return None if self.duplicate else "ganpo_axolotl.args.GANPOArgs"
 
     def post_model_load(self, cfg: Any, model: Any) -> None:
-        self.models.append(model)  # the policy, then (when Axolotl loads one) the reference
+        if self.enabled and not self.duplicate:
+            self.models.append(model)  # the policy, then (when Axolotl loads one) the reference
 
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
-        from ganpo_trl import attach_regularizer
+        if not self.enabled or self.duplicate:
+            return
+        from ganpo_plugins import attach
 
         ref_model = self.models[1] if getattr(cfg.rl, "value", cfg.rl) == "simpo" and len(self.models) > 1 else None
-        self.attachment = attach_regularizer(trainer, config_from_cfg(cfg), ref_model=ref_model)
+        self.attachment = attach(trainer, config_from_cfg(cfg), ref_model=ref_model)
 
     def post_train(self, cfg: Any, model: Any) -> None:
         # Axolotl saves the final model with save_pretrained, not trainer.save_model: write the
@@ -56,8 +110,12 @@ class GANPOPlugin(BasePlugin):
 
 def config_from_cfg(cfg: Any) -> GANPOConfig:
     """The validated ``ganpo:`` block of a loaded Axolotl config (defaults when absent)."""
-    block = cfg.get("ganpo")
+    block = _get(cfg, BLOCK)
     return parse_config(None if block is None else _plain(block))
+
+
+def _get(cfg: Any, key: str) -> Any:
+    return cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None)
 
 
 def _plain(value: Any) -> Any:

@@ -12,7 +12,9 @@ Neither TRL nor the trainer's class is changed: a few methods are wrapped on the
 - the loss — ``DPOTrainer._compute_loss`` / ``CPOTrainer.get_batch_loss_metrics`` — adds
   ``weight · L_reg`` computed from the hidden states of the trainer's own forwards, and, when
   ``preference_loss`` names a loss TRL does not compute, replaces the base loss by it,
-  evaluated on the log-probabilities TRL computed;
+  evaluated on log-probabilities the package computes itself from those same hidden states
+  and the model's output-embedding weight (:mod:`ganpo_plugins.logprobs`, chunked: no
+  ``[2B, T, V]`` logits);
 - ``log`` adds the ``ganpo/*`` training metrics to the trainer's own log (so they reach
   ``trainer_state.json`` and every ``report_to`` integration); ``evaluation_loop`` adds
   ``<prefix>_ganpo/*`` evaluation metrics to what ``evaluate()`` returns and logs;
@@ -22,8 +24,13 @@ Neither TRL nor the trainer's class is changed: a few methods are wrapped on the
 - a callback builds the regularizer at ``on_train_begin``, when the number of optimiser steps
   and the warm-up are known.
 
-Hidden states (the input of ``lm_head``, i.e. the final-norm output) come from the trainer's
-own forwards through :class:`ganpo_plugins.HiddenStateTap`: the policy with gradient, the
+Nothing else of TRL is touched: no module function is replaced, and no private attribute is
+read (settings come from ``trainer.args``). The full list of wrapped objects is
+:attr:`GANPOAttachment.WRAPPED`; ``detach()`` restores each one.
+
+Hidden states (the decoder body's output, i.e. the final-norm output that ``lm_head`` reads —
+also on TRL's fused-LM-head path) come from the trainer's own forwards through
+:class:`ganpo_plugins.HiddenStateTap`: the policy with gradient, the
 reference from the trainer's reference model, or, with PEFT and no reference model, from the
 trainer's adapter-disabled forward of the same model (the same hook fires twice).
 
@@ -49,7 +56,6 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -65,17 +71,17 @@ from ganpo_plugins import (
     StepInfo,
     parse_config,
 )
+from ganpo_plugins.hosts import require_host
+from ganpo_plugins.logprobs import LogitHead, completion_logps
+from ganpo_plugins.report import announce
 from ganpo_plugins.runner import split_policy_reference
-from ganpo_plugins.taps import find_output_embeddings
+from ganpo_plugins.taps import find_decoder, hidden_size
 
 from .settings import BaseLoss, TRLSettings
 
 __all__ = ["GANPOAttachment", "attach_regularizer"]
 
 logger = logging.getLogger(__name__)
-
-# Per-token log-probabilities TRL's DPO loss computes, recorded while an attachment asks.
-_LOGPS: ContextVar[list[Tensor] | None] = ContextVar("ganpo_trl_logps", default=None)
 
 
 def attach_regularizer(
@@ -88,8 +94,9 @@ def attach_regularizer(
     (``None``: the defaults, GANPO as in the paper). ``ref_model``: the frozen reference for
     trainers that run none themselves (see the module docstring).
 
-    Raises ``TypeError`` for other trainers and ``ValueError`` (naming the settings) for
-    combinations the adapter cannot run faithfully.
+    Raises ``TypeError`` for other trainers, :class:`~ganpo_plugins.hosts.HostVersionError`
+    outside the supported TRL range, and ``ValueError`` (naming the settings) for combinations
+    the adapter cannot run faithfully or a trainer that already has a regularizer attached.
     """
     return GANPOAttachment(trainer, parse_config(config), ref_model=ref_model)
 
@@ -110,16 +117,33 @@ class GANPOAttachment:
     the trainer runs the reference forward, or for the PEFT adapter-disabled pass).
     """
 
+    #: Every host object the attachment changes, and how ``detach()`` undoes it.
+    WRAPPED = {
+        "trainer._compute_loss (DPO) / trainer.get_batch_loss_metrics (CPO)": "instance attribute removed",
+        "trainer.log, trainer.evaluation_loop, trainer.save_model": "instance attributes removed",
+        "trainer._load_optimizer_and_scheduler": "instance attribute removed",
+        "trainer.loss_types, trainer.loss_weights (only for a TRL-computed GPO kind)": "previous values restored",
+        "trainer callbacks: one build callback": "removed",
+        "trainer._ganpo_attachment (marks the trainer as attached)": "removed",
+        "forward hooks on the decoder bodies of policy and reference": "removed",
+    }
+
     def __init__(self, trainer: Any, config: GANPOConfig, ref_model: Any = None) -> None:
+        self.kind = _trainer_kind(trainer)
+        self.trl_version = require_host("trl")
+        if getattr(trainer, "_ganpo_attachment", None) is not None:
+            raise ValueError(
+                f"a regularizer is already attached to this {type(trainer).__name__}; attaching a second one would "
+                "add its term twice: call detach() on the first handle before attaching again"
+            )
         self.trainer = trainer
         self.config = config
-        self.kind = _trainer_kind(trainer)
         self.settings = TRLSettings.from_trainer(trainer, config)
         self.base: BaseLoss = self.settings.base_loss()
         self.runner: RegularizerRunner | None = None
         self._resume_dir: str | None = None
         # Where the reference hidden states come from.
-        self.own_reference = self.kind == "cpo" or bool(getattr(trainer, "precompute_ref_logps", False))
+        self.own_reference = self.kind == "cpo" or bool(getattr(trainer.args, "precompute_ref_log_probs", False))
         if ref_model is not None and not self.own_reference:
             raise ValueError(
                 f"ref_model= is for trainers that run no reference forward; this {type(trainer).__name__} runs its "
@@ -127,10 +151,10 @@ class GANPOAttachment:
                 "pass the reference to the trainer instead"
             )
         self.reference = self._pick_reference(ref_model) if self.own_reference else None
+        self._saved_loss_types: tuple[Any, Any] | None = None
         if self.base.trl_loss_type is not None and self.kind == "dpo":
+            self._saved_loss_types = (trainer.loss_types, trainer.loss_weights)
             trainer.loss_types, trainer.loss_weights = [self.base.trl_loss_type], [1.0]
-        if self.base.loss is not None:
-            _install_logp_recorder()
         self._originals: dict[str, Callable[..., Any]] = {}
         loss_method = "_compute_loss" if self.kind == "dpo" else "get_batch_loss_metrics"
         wrappers = {
@@ -140,18 +164,25 @@ class GANPOAttachment:
             "save_model": self._wrap_save_model,
             "_load_optimizer_and_scheduler": self._wrap_load_optimizer,
         }
+        missing = [name for name in wrappers if not callable(getattr(trainer, name, None))]
+        if missing:
+            raise TypeError(
+                f"trl {self.trl_version}: {type(trainer).__name__} has no {', '.join(missing)}, which the ganpo TRL "
+                "adapter wraps; this TRL version changed its trainer (see `python -m ganpo_plugins doctor` for the "
+                "tested versions)"
+            )
         for name, make in wrappers.items():
             self._originals[name] = getattr(trainer, name)
             setattr(trainer, name, make(self._originals[name]))
         self._callback = _BuildCallback(self)
         trainer.add_callback(self._callback)
-        logger.info(
-            "ganpo: %s (weight %s) attached to %s; base loss: %s; reference states: %s",
-            config.regularizer,
-            config.weight,
-            type(trainer).__name__,
-            self._describe_base_loss(),
-            self._describe_reference(),
+        trainer._ganpo_attachment = self
+        announce(
+            f"ganpo: {config.regularizer} regularizer ON (weight λ={config.weight}) in {type(trainer).__name__} "
+            f"(trl {self.trl_version}); base loss: {self._describe_base_loss()}; hidden states: the decoder's "
+            f"final-norm output of the trainer's own forwards; reference: {self._describe_reference()}; the logged "
+            "`loss` includes λ·L_reg (ganpo/* metrics: docs/metrics.md)",
+            is_main_process=trainer.accelerator.is_main_process,
         )
 
     # -- set-up -----------------------------------------------------------------------------
@@ -191,12 +222,12 @@ class GANPOAttachment:
             ref = trainer.ref_model
             models = (policy,) if ref is None else (policy, ref)
         context = RegularizerContext(
-            hidden_size=_hidden_size(policy),
+            hidden_size=hidden_size(policy),
             policy_lr=args.learning_rate,
             total_steps=state.max_steps,
             warmup_steps=args.get_warmup_steps(state.max_steps),
             accumulation_steps=args.gradient_accumulation_steps,
-            ref_hidden_size=None if ref is None else _hidden_size(ref),
+            ref_hidden_size=None if ref is None else hidden_size(ref),
             device=trainer.accelerator.device,
             seed=args.seed,
         )
@@ -208,19 +239,15 @@ class GANPOAttachment:
     # -- the loss -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _capture(self, record_logps: bool) -> Iterator[list[Tensor]]:
+    def _capture(self) -> Iterator[None]:
         assert self.runner is not None
         tap = self.runner.tap
         tap.take()
         tap.enabled = True
-        logps: list[Tensor] = []
-        token = _LOGPS.set(logps) if record_logps else None
         try:
-            yield logps
+            yield
         finally:
             tap.enabled = False
-            if token is not None:
-                _LOGPS.reset(token)
 
     def _training(self) -> bool:
         return bool(self.trainer.model.training and torch.is_grad_enabled())
@@ -230,12 +257,14 @@ class GANPOAttachment:
             if self.runner is None:
                 return original(model, inputs, return_outputs)
             training = self._training()
-            with self._capture(self.base.loss is not None) as logps:
+            with self._capture():
                 result = original(model, inputs, return_outputs)
             loss, outputs = result if return_outputs else (result, None)
+            input_ids, attention, completion = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+            policy_h, ref_h = self._latents(input_ids, attention)
             if self.base.loss is not None:
-                loss = self._preference_loss(logps, inputs)
-            loss = loss + self._term(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], training)
+                loss = self._preference_loss(policy_h, ref_h, inputs)
+            loss = loss + self._term(policy_h, ref_h, attention, completion, training)
             return (loss, outputs) if return_outputs else loss
 
         return _compute_loss
@@ -245,47 +274,28 @@ class GANPOAttachment:
             if self.runner is None:
                 return original(model, batch, train_eval)
             training = self._training()
-            with self._capture(False):
+            with self._capture():
                 loss, metrics = original(model, batch, train_eval)
             trainer = self.trainer
             concat = trainer.concatenated_inputs(
                 batch, is_encoder_decoder=False, padding_value=trainer.pad_token_id, device=trainer.accelerator.device
             )
+            input_ids, attention = concat["concatenated_input_ids"], concat["concatenated_attention_mask"]
             response = concat["concatenated_labels"] != -100  # CPO labels: -100 on prompt and padding
-            term = self._term(
-                concat["concatenated_input_ids"], concat["concatenated_attention_mask"], response, training
-            )
-            return loss + term, metrics
+            policy_h, ref_h = self._latents(input_ids, attention)
+            return loss + self._term(policy_h, ref_h, attention, response, training), metrics
 
         return get_batch_loss_metrics
 
-    def _preference_loss(self, logps: list[Tensor], inputs: dict[str, Any]) -> Tensor:
-        """The configured base loss on TRL's own per-token log-probabilities (already masked to
-        the completion in place by TRL): policy first, then the reference unless precomputed."""
-        precomputed = bool(self.trainer.precompute_ref_logps)
-        if len(logps) != (1 if precomputed else 2):
-            raise RuntimeError(
-                f"expected TRL's DPO loss to compute {1 if precomputed else 2} per-token log-probabilities, saw "
-                f"{len(logps)}; this TRL version computes its loss differently from TRL 1.9 (unsupported)"
-            )
-        policy_chosen, policy_rejected = logps[0].sum(1).chunk(2)
-        if precomputed:
-            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        else:
-            ref_chosen, ref_rejected = logps[1].sum(1).chunk(2)
-        chosen_len, rejected_len = inputs["completion_mask"][:, 1:].sum(1).chunk(2)
-        pair = PairLogps(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_len, rejected_len)
-        assert self.base.loss is not None
-        return self.base.loss(pair, self.trainer.beta, self.config.simpo_gamma).mean()
-
-    def _term(self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, training: bool) -> Tensor:
+    def _latents(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Policy and reference final hidden states of this micro-batch, ``[2B, T, H]`` each."""
         assert self.runner is not None
         records = self.runner.tap.take()
         if self.own_reference:
             if len(records) != 1:
                 raise RuntimeError(
                     f"expected one policy forward per step, captured {len(records)}; the host ran forwards the "
-                    "adapter does not know about (packing, padding-free or separate chosen/rejected forwards)"
+                    "adapter does not know about (separate chosen/rejected forwards are not supported)"
                 )
             policy_h = records[0].hidden
             ref_h = self._reference_hidden(input_ids, attention_mask)
@@ -294,10 +304,37 @@ class GANPOAttachment:
         if policy_h.shape[:2] != input_ids.shape or ref_h.shape[:2] != input_ids.shape:
             raise RuntimeError(
                 f"hidden states {tuple(policy_h.shape[:2])} (policy) / {tuple(ref_h.shape[:2])} (reference) do not "
-                f"cover the batch {tuple(input_ids.shape)}: the host sliced them before lm_head (logits_to_keep) or "
-                "packed the sequences; the regularizer needs every position"
+                f"cover the batch {tuple(input_ids.shape)}: the host packed the sequences or added virtual tokens "
+                "(prompt-learning PEFT); the regularizer needs one hidden state per input token"
             )
-        batch = LatentBatch.from_concatenated(policy_h, ref_h.to(policy_h.device), attention_mask, response_mask)
+        return policy_h, ref_h.to(policy_h.device)
+
+    def _preference_loss(self, policy_h: Tensor, ref_h: Tensor, inputs: dict[str, Any]) -> Tensor:
+        """The configured base loss on log-probabilities computed from the captured hidden states
+        (policy with gradient; the reference's without, or TRL's precomputed ones)."""
+        input_ids, completion = inputs["input_ids"], inputs["completion_mask"]
+        trainer = self.trainer
+        # The head runs at the precision the host's forwards run at (the accelerator's autocast).
+        with trainer.accelerator.autocast():
+            policy_logps = completion_logps(policy_h, LogitHead.of(trainer.model), input_ids, completion)
+            if self.own_reference:
+                ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            else:
+                ref_model = trainer.ref_model if trainer.ref_model is not None else trainer.model
+                with torch.no_grad():
+                    ref_logps = completion_logps(ref_h, LogitHead.of(ref_model), input_ids, completion)
+                ref_chosen, ref_rejected = ref_logps.chunk(2)
+        policy_chosen, policy_rejected = policy_logps.chunk(2)
+        chosen_len, rejected_len = completion[:, 1:].sum(1).chunk(2)
+        pair = PairLogps(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_len, rejected_len)
+        assert self.base.loss is not None
+        return self.base.loss(pair, trainer.beta, self.config.simpo_gamma).mean()
+
+    def _term(
+        self, policy_h: Tensor, ref_h: Tensor, attention_mask: Tensor, response_mask: Tensor, training: bool
+    ) -> Tensor:
+        assert self.runner is not None
+        batch = LatentBatch.from_concatenated(policy_h, ref_h, attention_mask, response_mask)
         if not training:
             with torch.no_grad():
                 return self.runner.step(batch, None)
@@ -381,20 +418,26 @@ class GANPOAttachment:
         self.runner.save(directory)
 
     def detach(self) -> None:
-        """Restore the trainer's own methods and remove the hooks."""
+        """Undo everything in :attr:`WRAPPED`: the trainer is as it was before the attach."""
+        trainer = self.trainer
         for name in self._originals:
-            self.trainer.__dict__.pop(name, None)
+            trainer.__dict__.pop(name, None)
         self._originals.clear()
-        self.trainer.remove_callback(self._callback)
+        if self._saved_loss_types is not None:
+            trainer.loss_types, trainer.loss_weights = self._saved_loss_types
+            self._saved_loss_types = None
+        trainer.remove_callback(self._callback)
+        if trainer.__dict__.get("_ganpo_attachment") is self:
+            del trainer._ganpo_attachment
         if self.runner is not None:
             self.runner.close()
 
     def _describe_base_loss(self) -> str:
         if self.base.loss is not None:
-            return f"{self.base.loss.name} (ganpo_plugins, on TRL's log-probabilities)"
+            return f"{self.base.loss.name} (computed by ganpo_plugins from the captured hidden states)"
         if self.base.trl_loss_type is not None:
-            return f"TRL loss_type={self.base.trl_loss_type!r}"
-        return "the trainer's own"
+            return f"{self.config.preference_loss} = TRL loss_type={self.base.trl_loss_type!r} (computed by TRL)"
+        return "the trainer's own (computed by TRL)"
 
     def _describe_reference(self) -> str:
         if not self.own_reference:
@@ -420,28 +463,6 @@ def _trainer_kind(trainer: Any) -> str:
     )
 
 
-def _install_logp_recorder() -> None:
-    """Wrap the ``selective_log_softmax`` TRL's DPO module calls so that, while an attachment
-    asks (a context variable), the per-token log-probabilities it returns are recorded. TRL 1.9
-    exposes them nowhere else inside ``_compute_loss``; outside a recording the wrapper only
-    calls through, so every other caller sees TRL's own function."""
-    import trl.trainer.dpo_trainer as dpo_module
-
-    current = dpo_module.selective_log_softmax
-    if getattr(current, "_ganpo_recorder", False):
-        return
-
-    def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
-        out = current(logits, index)
-        record = _LOGPS.get()
-        if record is not None:
-            record.append(out)
-        return out
-
-    selective_log_softmax._ganpo_recorder = True  # type: ignore[attr-defined]
-    dpo_module.selective_log_softmax = selective_log_softmax
-
-
 def _is_peft(model: Any) -> bool:
     from accelerate.utils import is_peft_model
 
@@ -453,21 +474,12 @@ def _is_zero3(trainer: Any) -> bool:
     return plugin is not None and plugin.zero_stage == 3
 
 
-def _hidden_size(model: Any) -> int:
-    emb = find_output_embeddings(model)
-    size = getattr(emb, "in_features", None)
-    if size is None:
-        raise TypeError(f"cannot read the hidden size of {type(model).__name__}: its output embeddings are not Linear")
-    return int(size)
-
-
 def _decoder(model: Any) -> Any:
     """The decoder body of a causal LM: its output's ``last_hidden_state`` is ``lm_head``'s input."""
-    inner = model.module if isinstance(getattr(model, "module", None), torch.nn.Module) else model
-    decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
-    if decoder is None or decoder is inner:
+    decoder = find_decoder(model)
+    if decoder is None:
         raise TypeError(
-            f"{type(inner).__name__} exposes no decoder body (get_decoder()); the adapter's reference forward "
+            f"{type(model).__name__} exposes no decoder body (get_decoder()); the adapter's reference forward "
             "needs a transformers causal LM"
         )
     return decoder

@@ -176,28 +176,32 @@ class TRLSettings(BaseModel):
 
     @classmethod
     def from_trainer(cls, trainer: Any, config: GANPOConfig) -> TRLSettings:
-        """Read the settings off a live DPOTrainer or CPOTrainer (raises ValueError on conflicts)."""
+        """Read the settings off a live DPOTrainer or CPOTrainer (raises ValueError on conflicts).
+
+        Everything comes from the trainer's public arguments (``trainer.args``), which keep their
+        names across TRL releases; ``loss_types``/``loss_weights`` are the trainer's own copies
+        (the adapter may set them), and a trainer that switched padding-free off says so."""
         args = trainer.args
         if _is_cpo(trainer):
             fields: dict[str, Any] = {
                 "trainer": "cpo",
-                "loss_type": (trainer.loss_type,),
-                "simpo_gamma": getattr(trainer, "simpo_gamma", args.simpo_gamma),
-                "label_smoothing": trainer.label_smoothing,
-                "alpha": trainer.alpha,
-                "is_encoder_decoder": bool(trainer.is_encoder_decoder),
+                "loss_type": (args.loss_type,),
+                "simpo_gamma": args.simpo_gamma,
+                "label_smoothing": args.label_smoothing,
+                "alpha": args.alpha,
+                "is_encoder_decoder": bool(getattr(args, "is_encoder_decoder", False)),
             }
         else:
             fields = {
                 "trainer": "dpo",
                 "loss_type": tuple(trainer.loss_types),
                 "loss_weights": tuple(trainer.loss_weights),
-                "ld_alpha": trainer.ld_alpha,
-                "f_divergence_type": str(trainer.f_divergence_type),
-                "use_weighting": bool(trainer.use_weighting),
-                "use_liger_kernel": bool(trainer.use_liger_kernel),
-                "padding_free": bool(trainer.padding_free),
-                "router_aux_loss": bool(trainer.aux_loss_enabled),
+                "ld_alpha": args.ld_alpha,
+                "f_divergence_type": str(getattr(args.f_divergence_type, "value", args.f_divergence_type)),
+                "use_weighting": bool(args.use_weighting),
+                "use_liger_kernel": bool(args.use_liger_kernel),
+                "padding_free": bool(getattr(trainer, "padding_free", args.padding_free)),
+                "router_aux_loss": bool(getattr(trainer, "aux_loss_enabled", False)),
                 "vision": bool(getattr(trainer, "_is_vision_dataset", False)),
             }
         return cls.model_validate({**fields, "ganpo": config})

@@ -1,0 +1,183 @@
+"""Which host versions the adapters support, what was tested where, and the version gate.
+
+Each adapter calls :func:`require_host` before it touches a host object: outside the supported
+range it refuses with one error naming the installed version and the range, instead of an
+``AttributeError`` from deep inside the host. Inside the range but newer than the newest
+version CI ran, it logs one warning. ``python -m ganpo_plugins doctor`` prints the same facts
+for the current environment.
+
+The ranges here are the ones ``pyproject.toml`` declares for the extras; the tested versions
+are the ends of the tox matrix (``tox.ini``), with the date they were last seen green.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+__all__ = [
+    "HOSTS",
+    "HostSupport",
+    "HostVersionError",
+    "attach",
+    "doctor_report",
+    "installed_version",
+    "require_host",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class HostVersionError(RuntimeError):
+    """The installed host is outside the range an adapter supports."""
+
+
+@dataclass(frozen=True)
+class HostSupport:
+    """One host distribution: the supported range ``[minimum, below)``, the versions CI ran
+    (``tested``, oldest first, with the date last seen green) and the features each covers."""
+
+    name: str
+    minimum: str
+    below: str | None
+    tested: tuple[tuple[str, str, str], ...]  # (version, python, last seen green)
+    features: str
+
+    @property
+    def range(self) -> str:
+        return f">={self.minimum}" + (f",<{self.below}" if self.below else "")
+
+    def contains(self, installed: str) -> bool:
+        v = _key(installed)
+        return v >= _key(self.minimum) and (self.below is None or v < _key(self.below))
+
+    @property
+    def newest_tested(self) -> str:
+        return self.tested[-1][0]
+
+
+HOSTS: dict[str, HostSupport] = {
+    host.name: host
+    for host in (
+        HostSupport(
+            "trl",
+            "1.9.0",
+            "2",
+            (("1.9.0", "3.11", "2026-11-29"), ("1.14.1", "3.12", "2026-11-29"), ("1.16.0", "3.11", "2026-11-29")),
+            "DPO, IPO, SimPO (CPO), LoRA, precomputed reference log-probs, every GPO kind, accumulation, "
+            "evaluation, checkpoints and resume, 2-process DDP (1.9)",
+        ),
+        HostSupport(
+            "axolotl",
+            "0.19.0",
+            None,
+            (("0.19.0", "3.11", "2026-11-29"), ("0.21.0", "3.12", "2026-11-29")),
+            "rl: dpo / ipo / simpo, LoRA, GPO kinds, precomputed reference, resume, kill and resume (0.19), "
+            "APO reward model (0.19)",
+        ),
+        HostSupport(
+            "openrlhf",
+            "0.11.2",
+            None,
+            (("0.11.2", "3.11", "2026-11-29"),),
+            "train_dpo (ZeRO-2/3, GPO kinds, SimPO, resume, 2 ranks), train_rm with APO",
+        ),
+        HostSupport(
+            "deepspeed",
+            "0.19.6",
+            None,
+            (("0.19.6", "3.11", "2026-11-29"), ("0.19.8", "3.11", "2026-11-29")),
+            "under OpenRLHF: train_dpo and train_rm",
+        ),
+    )
+}
+
+
+def _key(v: str) -> tuple[int, ...]:
+    """The release part of a version as a comparable tuple (``1.16.0.dev0`` → ``(1, 16, 0)``)."""
+    match = re.match(r"\d+(?:\.\d+)*", v)
+    return tuple(int(p) for p in match.group(0).split(".")) if match else ()
+
+
+def installed_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def require_host(name: str) -> str:
+    """The installed version of host ``name``; raises :class:`HostVersionError` outside the
+    supported range, warns (once per call site's process) when newer than the newest tested."""
+    host = HOSTS[name]
+    installed = installed_version(name)
+    if installed is None:
+        raise HostVersionError(f"{name} is not installed; the ganpo adapter for it supports {name}{host.range}")
+    if not host.contains(installed):
+        raise HostVersionError(
+            f"{name} {installed} is installed, but the ganpo adapter supports {name}{host.range} "
+            f"(tested: {', '.join(v for v, _, _ in host.tested)}); install a supported {name}, e.g. "
+            f"pip install '{name}=={host.newest_tested}'"
+        )
+    if _key(installed) > _key(host.newest_tested):
+        logger.warning(
+            "ganpo: %s %s is newer than the newest version tested (%s); supported range %s%s",
+            name,
+            installed,
+            host.newest_tested,
+            name,
+            host.range,
+        )
+    return installed
+
+
+def doctor_report() -> str:
+    """A markdown table: every host, its installed version, whether it is supported and tested."""
+    import platform
+
+    rows = [
+        f"ganpo-plugins {installed_version('ganpo-plugins') or '(not installed)'}, Python {platform.python_version()}, "
+        f"torch {installed_version('torch') or '(not installed)'}",
+        "",
+        "| host | installed | supported | tested (Python, last green) | status | features tested |",
+        "|---|---|---|---|---|---|",
+    ]
+    for host in HOSTS.values():
+        installed = installed_version(host.name)
+        tested = "; ".join(f"{v} (py{py}, {day})" for v, py, day in host.tested)
+        if installed is None:
+            status = "not installed"
+        elif not host.contains(installed):
+            status = "UNSUPPORTED: the adapter refuses to attach"
+        elif installed in {v for v, _, _ in host.tested}:
+            status = "tested"
+        elif _key(installed) > _key(host.newest_tested):
+            status = "supported, newer than tested"
+        else:
+            status = "supported, between tested ends"
+        rows.append(f"| {host.name} | {installed or '-'} | {host.range} | {tested} | {status} | {host.features} |")
+    return "\n".join(rows)
+
+
+def attach(trainer: Any, config: Any = None, **options: Any) -> Any:
+    """Attach the regularizer ``config`` describes to ``trainer`` through whichever installed host
+    adapter claims it (the ``ganpo_attach`` hook; built-in and third-party adapters register
+    alike, under the entry-point group ``ganpo_plugins.hosts``). Returns the adapter's handle
+    (``detach()`` undoes the attach); ``options`` go to the adapter (e.g. ``ref_model=``)."""
+    from .config import parse_config
+    from .registry import host_adapter_failures, load_host_adapters
+
+    pm = load_host_adapters()
+    handle = pm.hook.ganpo_attach(trainer=trainer, config=parse_config(config), options=options)
+    if handle is not None:
+        return handle
+    adapters = sorted(name for name, _ in pm.list_name_plugin())
+    failures = host_adapter_failures()
+    raise TypeError(
+        f"no installed ganpo host adapter handles {type(trainer).__module__}.{type(trainer).__name__} "
+        f"(adapters: {', '.join(adapters) or 'none'})"
+        + ("; adapters that failed to load: " + "; ".join(f"{k}: {v}" for k, v in failures.items()) if failures else "")
+    )
