@@ -16,14 +16,15 @@ from .preference import PreferenceLoss, builtin_preference_losses
 
 def _transformer(input_size: int, config: GANPOConfig) -> nn.Module:
     d = config.discriminator
+    power_iterations = d.power_iterations if d.spectral_norm else None
     return TransformerDiscriminator(
-        input_size, d.d_model, d.num_layers, d.num_heads, d.ffn_size, d.dropout, config.max_positions, d.spectral_norm
+        input_size, d.d_model, d.num_layers, d.num_heads, d.ffn_size, d.dropout, config.max_positions, power_iterations
     )
 
 
 def _mlp(input_size: int, config: GANPOConfig) -> nn.Module:
     d = config.discriminator
-    return MLPDiscriminator(input_size, d.d_model, d.num_layers, d.spectral_norm)
+    return MLPDiscriminator(input_size, d.d_model, d.num_layers, d.power_iterations if d.spectral_norm else None)
 
 
 @hookimpl

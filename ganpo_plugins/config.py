@@ -42,6 +42,11 @@ class DiscriminatorConfig(_Strict):
     ffn_size: int = Field(2048, ge=1, description="feed-forward width (transformer)")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout inside the encoder (transformer)")
     spectral_norm: bool = Field(True, description="spectrally normalise the linear projections")
+    power_iterations: int = Field(
+        3,
+        ge=1,
+        description="spectral norm power iterations per discriminator step (3: the public release's effective count)",
+    )
 
     @field_validator("kind")
     @classmethod
@@ -96,7 +101,7 @@ COMMON_KEYS = frozenset(
 class GANPOConfig(_Strict):
     """Configuration of a latent regularizer and the preference loss it is added to.
 
-    ``L = L_PO + weight · L_reg`` (METHODS.md §1).
+    ``L = L_PO + weight · L_reg`` (docs/methods.md, GANPO).
     """
 
     regularizer: str = Field("ganpo", description="registered regularizer name: ganpo, mmd, or a plugin's")
@@ -165,6 +170,15 @@ class GANPOConfig(_Strict):
     def _finite_non_negative(cls, v: float) -> float:
         if not (math.isfinite(v) and v >= 0):
             raise ValueError("weight must be a finite number >= 0; the paper uses 1.0")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_torch_range(cls, v: int | None) -> int | None:
+        # torch.manual_seed takes [-2**63, 2**64 - 1] and maps a negative seed s to 2**64 + s, so
+        # -1 would silently equal 18446744073709551615; beyond that range it raises mid-build.
+        if v is not None and not 0 <= v < 2**64:
+            raise ValueError("seed must be an integer in [0, 2**64 - 1] (the range torch.manual_seed accepts)")
         return v
 
     @field_validator("ema_momentum")

@@ -4,6 +4,14 @@ Both follow the GANPO paper (arXiv 2601.22083, §4 and ablations): spectrally no
 projections, Xavier-uniform weights, zero biases. Positions are numbered from 0 in the order
 the caller gives them; callers pass compacted sequences (:func:`compact_positions`), so a
 discriminator never spends work on prompt or padding positions it would mask anyway.
+
+Spectral norm (Miyato et al., arXiv 1802.05957): ``W / σ̂`` with ``σ̂ = uᵀ W v`` estimated by
+power iteration on buffers ``u``, ``v`` (torch's ``parametrizations.spectral_norm``: started by
+15 iterations from random vectors at construction; each iteration ``u ← Wv/‖Wv‖`` then
+``v ← Wᵀu/‖Wᵀu‖``). Every train-mode forward runs ``power_iterations`` iterations, eval-mode
+forwards none. The regularizer runs one train-mode forward per discriminator per step, so the
+default 3 matches the public GANPO release, whose three separate forwards per step each run
+one iteration (docs/methods.md lists the remaining differences).
 """
 
 from __future__ import annotations
@@ -17,11 +25,12 @@ from .functional import masked_mean
 __all__ = ["MLPDiscriminator", "TransformerDiscriminator", "compact_positions", "pad_and_stack"]
 
 
-def _linear(n_in: int, n_out: int, spectral: bool) -> nn.Module:
+def _linear(n_in: int, n_out: int, power_iterations: int | None) -> nn.Module:
+    """Xavier-uniform Linear with zero bias; spectrally normalised unless ``power_iterations`` is None."""
     layer = nn.Linear(n_in, n_out)
     nn.init.xavier_uniform_(layer.weight)
     nn.init.zeros_(layer.bias)
-    return spectral_norm(layer) if spectral else layer
+    return layer if power_iterations is None else spectral_norm(layer, n_power_iterations=power_iterations)
 
 
 class TransformerDiscriminator(nn.Module):
@@ -30,6 +39,8 @@ class TransformerDiscriminator(nn.Module):
     spectral-norm Linear ``H → d`` + learned positions ``(1, max_positions, d)`` ~ N(0, 0.02²)
     → pre-norm ``TransformerEncoder`` (GELU, batch-first, key-padding mask) → masked mean pool
     → spectral-norm Linear ``d → d``, GELU, spectral-norm Linear ``d → 1``.
+    ``power_iterations`` is the spectral norm's iterations per train-mode forward; ``None``
+    turns spectral norm off.
     """
 
     def __init__(
@@ -41,11 +52,11 @@ class TransformerDiscriminator(nn.Module):
         ffn_size: int = 2048,
         dropout: float = 0.1,
         max_positions: int = 2048,
-        spectral: bool = True,
+        power_iterations: int | None = 3,
     ) -> None:
         super().__init__()
         self.max_positions = max_positions
-        self.input_proj = _linear(input_size, d_model, spectral)
+        self.input_proj = _linear(input_size, d_model, power_iterations)
         self.positions = nn.Parameter(torch.randn(1, max_positions, d_model) * 0.02)
         layer = nn.TransformerEncoderLayer(
             d_model, num_heads, ffn_size, dropout, activation="gelu", batch_first=True, norm_first=True
@@ -56,7 +67,9 @@ class TransformerDiscriminator(nn.Module):
                 nn.init.xavier_uniform_(p)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
-        self.head = nn.Sequential(_linear(d_model, d_model, spectral), nn.GELU(), _linear(d_model, 1, spectral))
+        self.head = nn.Sequential(
+            _linear(d_model, d_model, power_iterations), nn.GELU(), _linear(d_model, 1, power_iterations)
+        )
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
         hidden, mask = hidden[:, : self.max_positions], mask[:, : self.max_positions]
@@ -67,16 +80,19 @@ class TransformerDiscriminator(nn.Module):
 
 class MLPDiscriminator(nn.Module):
     """The paper's MLP ablation: masked mean pool over positions, then a spectral-norm MLP
-    ``H → d → … → 1`` with GELU (``num_layers`` hidden layers of width ``d``)."""
+    ``H → d → … → 1`` with GELU (``num_layers`` hidden layers of width ``d``); ``power_iterations``
+    as in :class:`TransformerDiscriminator`."""
 
-    def __init__(self, input_size: int, d_model: int = 512, num_layers: int = 2, spectral: bool = True) -> None:
+    def __init__(
+        self, input_size: int, d_model: int = 512, num_layers: int = 2, power_iterations: int | None = 3
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = input_size
         for _ in range(num_layers):
-            layers += [_linear(width, d_model, spectral), nn.GELU()]
+            layers += [_linear(width, d_model, power_iterations), nn.GELU()]
             width = d_model
-        layers.append(_linear(width, 1, spectral))
+        layers.append(_linear(width, 1, power_iterations))
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:

@@ -238,8 +238,9 @@ def apo_rm_loss(
 
 
 def lr_schedule_factor(kind: str, step: int, warmup_steps: int, total_steps: int) -> float:
-    """Learning-rate multiplier after ``step`` optimiser steps (the schedules HF transformers
-    names ``cosine``, ``linear`` and ``constant_with_warmup``).
+    """Learning-rate multiplier after ``step`` scheduler steps (the schedules HF transformers
+    names ``cosine``, ``linear`` and ``constant_with_warmup``). The scheduler steps after the
+    optimiser, so the k-th optimiser step (k = 1, 2, …) uses ``factor(k − 1)``.
 
     Warm-up: ``step / warmup_steps`` while ``step < warmup_steps``. After it, with
     ``p = (step − warmup_steps) / (total_steps − warmup_steps)`` clipped to [0, 1]:

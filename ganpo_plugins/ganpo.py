@@ -2,7 +2,8 @@
 
 All state of the method lives here: the discriminators D+ and D−, the six running means μ,
 the discriminators' optimisers and schedule, their RNG stream, and the data-parallel sync.
-The formulas are in :mod:`ganpo_plugins.functional`; METHODS.md §1 is the specification.
+The formulas are in :mod:`ganpo_plugins.functional`; docs/methods.md states the method and
+every deviation from the public release.
 """
 
 from __future__ import annotations
@@ -71,10 +72,11 @@ class GANPORegularizer:
                 torch.cuda.manual_seed(seed)
                 self._cuda_rng = torch.cuda.get_rng_state(self.device)
         self.base_lr = opt.lr if opt.lr is not None else context.policy_lr * opt.lr_ratio
+        self.policy_steps = 0  # policy optimiser steps seen (accumulation boundaries): drives the schedule
         self.optimizers = {
             side: torch.optim.AdamW(
                 self.discriminators[side].parameters(),
-                lr=self.base_lr * lr_schedule_factor(opt.scheduler, 0, self.warmup_steps, self.total_steps),
+                lr=self._scheduled_lr(),
                 betas=opt.betas,
                 eps=opt.eps,
                 weight_decay=opt.weight_decay,
@@ -84,7 +86,6 @@ class GANPORegularizer:
         self.mu = torch.zeros(2, 3, device=self.device)  # [side, role]
         self.mu_initialized = False
         self.disc_steps = 0  # discriminator optimiser steps taken
-        self.policy_steps = 0  # accumulation boundaries seen: drives the schedule, like the policy's
         self._pending = 0  # micro-batches with gradients since the last optimiser step
         self.skipped_updates = 0
         self.rank_resyncs = 0  # times the discriminators were found to differ between ranks
@@ -92,6 +93,23 @@ class GANPORegularizer:
         self._warned: set[str] = set()
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _scheduled_lr(self) -> float:
+        """The lr of the next optimiser step: ``base_lr · factor(policy_steps)``, so the k-th
+        policy step's discriminator steps use ``factor(k − 1)``, as the policy's k-th step does."""
+        opt = self.config.optimizer
+        return self.base_lr * lr_schedule_factor(opt.scheduler, self.policy_steps, self.warmup_steps, self.total_steps)
+
+    def _apply_schedule(self) -> None:
+        lr = self._scheduled_lr()
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+    def _scheduler_step(self) -> None:
+        """After the policy's optimiser step, like its scheduler (Hugging Face Trainer order)."""
+        self.policy_steps += 1
+        self._apply_schedule()
 
     @contextlib.contextmanager
     def _own_rng(self) -> Iterator[None]:
@@ -168,14 +186,15 @@ class GANPORegularizer:
     # -- protocol ----------------------------------------------------------------------------
 
     def update(self, batch: LatentBatch, info: StepInfo) -> Metrics:
-        """One discriminator micro-step; steps the optimisers when ``info.is_boundary``."""
+        """One discriminator micro-step; at ``info.is_boundary`` the optimisers step
+        (``update_ratio`` times, all at this policy step's lr), then the schedule advances."""
         metrics = self._discriminator_pass(batch, 1.0 / info.accumulation_steps)
         if info.is_boundary:
-            self.policy_steps += 1
             self._optimizer_step()
             for _ in range(self.config.optimizer.update_ratio - 1):
                 self._discriminator_pass(batch, 1.0)
                 self._optimizer_step()
+            self._scheduler_step()
             metrics.update(self._track_saturation(metrics))
         return metrics
 
@@ -234,13 +253,10 @@ class GANPORegularizer:
             self._warn_once("nonfinite_grads", "GANPO: non-finite discriminator gradients; optimiser step skipped")
             self.skipped_updates += 1
         else:
-            opt = self.config.optimizer
-            factor = lr_schedule_factor(opt.scheduler, self.policy_steps, self.warmup_steps, self.total_steps)
+            max_grad_norm = self.config.optimizer.max_grad_norm
             for side in SIDES:
-                if opt.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(self.discriminators[side].parameters(), opt.max_grad_norm)
-                for group in self.optimizers[side].param_groups:
-                    group["lr"] = self.base_lr * factor
+                if max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(self.discriminators[side].parameters(), max_grad_norm)
                 self.optimizers[side].step()
             self.disc_steps += 1
         for side in SIDES:
@@ -322,6 +338,7 @@ class GANPORegularizer:
         self.mu_initialized = bool(state["mu_initialized"])
         self.disc_steps = int(state["disc_steps"])
         self.policy_steps = int(state["policy_steps"])
+        self._apply_schedule()  # the configured schedule at the restored step, as the policy's scheduler
         self.skipped_updates = int(state["skipped_updates"])
         self.rank_resyncs = int(state["rank_resyncs"])
         self.saturated_run = [int(x) for x in state["saturated_run"]]

@@ -15,6 +15,17 @@ Factories:
 - discriminator: ``factory(input_size: int, config: GANPOConfig) -> nn.Module`` mapping
   ``(hidden [B, T, H], mask [B, T])`` to scores ``[B]``
 - preference loss: a :class:`ganpo_plugins.preference.PreferenceLoss`
+
+Names must be unique across plugins: a plugin that contributes a name another plugin already
+contributes is refused when it loads (the error names both plugins). Observers of
+``ganpo_step_metrics`` are loaded by name with :func:`ganpo_plugins.registry.load_observers`.
+
+Host adapters implement :func:`ganpo_attach` in a module exposed under the separate entry-point
+group ``ganpo_plugins.hosts``; every adapter there is loaded when a trainer is to be claimed
+(:func:`ganpo_plugins.registry.load_host_adapters`)::
+
+    [project.entry-points."ganpo_plugins.hosts"]
+    my_host = "my_package.host_adapter"
 """
 
 from __future__ import annotations
@@ -56,3 +67,8 @@ def ganpo_preference_losses() -> Mapping[str, PreferenceLoss]:
 def ganpo_step_metrics(step: int, metrics: Mapping[str, float]) -> None:
     """Observe the regularizer metrics an adapter is about to log at optimiser step ``step``
     (names carry the ``ganpo/`` prefix). Return value ignored."""
+
+
+@hookspec(firstresult=True)
+def ganpo_attach(trainer: Any, config: Any, options: Mapping[str, Any]) -> Any | None:
+    """Claim ``trainer`` and attach the configured regularizer to it; return the attachment handle (it has ``detach()``), or ``None`` when this adapter does not handle this kind of trainer. ``config`` is a validated ganpo_plugins config; ``options`` are adapter keyword options (e.g. ``ref_model``)."""  # noqa: E501

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
 
 from .config import GANPOConfig
 from .functional import masked_mean, rbf_mmd2
@@ -44,12 +45,8 @@ class MMDRegularizer:
     def policy_term(self, batch: LatentBatch) -> RegularizerOutput:
         mask_c, mask_r = batch.positions(self.mask)
         bw = self.options.bandwidths
-        chosen = rbf_mmd2(
-            masked_mean(batch.policy_chosen.float(), mask_c), masked_mean(batch.ref_chosen.float(), mask_c), bw
-        )
-        rejected = rbf_mmd2(
-            masked_mean(batch.policy_rejected.float(), mask_r), masked_mean(batch.ref_rejected.float(), mask_r), bw
-        )
+        chosen = rbf_mmd2(_pool(batch.policy_chosen, mask_c), _pool(batch.ref_chosen, mask_c), bw)
+        rejected = rbf_mmd2(_pool(batch.policy_rejected, mask_r), _pool(batch.ref_rejected, mask_r), bw)
         mmd = chosen + rejected
         return RegularizerOutput(self.weight * mmd, {"mmd_chosen": chosen.item(), "mmd_rejected": rejected.item()})
 
@@ -58,3 +55,8 @@ class MMDRegularizer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass
+
+
+def _pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    # Zeroed first: an inf at an unselected (prompt, padding) position would give inf · 0 = NaN.
+    return masked_mean(hidden.float().masked_fill(~mask.bool().unsqueeze(-1), 0), mask)

@@ -41,6 +41,19 @@ class LatentBatch:
     response_chosen: Tensor
     response_rejected: Tensor
 
+    def __post_init__(self) -> None:
+        # A mask of the wrong shape would broadcast or index silently: refuse it by name.
+        for side in ("chosen", "rejected"):
+            name = f"policy_{side}"
+            policy = getattr(self, name)
+            if policy.dim() != 3:
+                raise ValueError(f"LatentBatch: {name} must be [B, T, H], got shape {list(policy.shape)}")
+            ref = getattr(self, f"ref_{side}")
+            if ref.dim() != 3 or ref.shape[:2] != policy.shape[:2]:
+                raise ValueError(_shape_error(f"ref_{side}", ref, name, policy))
+            for mask in (f"attention_{side}", f"response_{side}"):
+                _check_mask(mask, getattr(self, mask), name, policy)
+
     @classmethod
     def from_concatenated(
         cls, policy: Tensor, ref: Tensor, attention_mask: Tensor, response_mask: Tensor
@@ -51,6 +64,8 @@ class LatentBatch:
                 f"expected [chosen; rejected] stacked on dim 0 with equal shapes, got policy "
                 f"{tuple(policy.shape)} and reference {tuple(ref.shape)}"
             )
+        _check_mask("attention_mask", attention_mask, "policy", policy)
+        _check_mask("response_mask", response_mask, "policy", policy)
         pc, pr = policy.chunk(2)
         rc, rr = ref.chunk(2)
         ac, ar = attention_mask.bool().chunk(2)
@@ -68,6 +83,19 @@ class LatentBatch:
         raise ValueError(f"unknown mask mode {mode!r}; known modes: {', '.join(MASK_MODES)}")
 
 
+def _shape_error(name: str, tensor: Tensor, hidden_name: str, hidden: Tensor) -> str:
+    return (
+        f"LatentBatch: {name} has shape {list(tensor.shape)} but {hidden_name} has shape {list(hidden.shape)}; "
+        f"hidden states must be [B, T, H] and masks [B, T] = {list(hidden.shape[:2])}: pass the masks of the "
+        "forward the hidden states were captured from"
+    )
+
+
+def _check_mask(name: str, mask: Tensor, hidden_name: str, hidden: Tensor) -> None:
+    if mask.shape != hidden.shape[:2]:
+        raise ValueError(_shape_error(name, mask, hidden_name, hidden))
+
+
 @dataclass(frozen=True)
 class StepInfo:
     """Where the host is in its optimisation when a micro-batch arrives.
@@ -78,6 +106,13 @@ class StepInfo:
 
     is_boundary: bool = True
     accumulation_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.accumulation_steps >= 1:
+            raise ValueError(
+                f"StepInfo.accumulation_steps must be >= 1 (the host's gradient accumulation steps, what it "
+                f"divides each micro-step's loss by), got {self.accumulation_steps!r}"
+            )
 
 
 @dataclass

@@ -33,7 +33,7 @@ deepspeed --module ganpo_openrlhf.train_dpo \
    --data.chosen_key chosen \
    --data.rejected_key rejected \
    --data.max_len 8192 \
-   `# GANPO (arXiv 2601.22083): the paper's settings are the defaults; these spell them out` \
+   `# GANPO (arXiv 2601.22083): these spell out the defaults (mask response is this project's; the public release ran on every position, mask none)` \
    --ganpo.weight 1.0 \
    --ganpo.mask response \
    --ganpo.discriminator.kind transformer \

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from latents import make_batch, make_regularizer
 
+from ganpo_plugins import StepInfo
+from ganpo_plugins.builtin import ganpo_discriminators
+from ganpo_plugins.config import parse_config
 from ganpo_plugins.discriminators import MLPDiscriminator, TransformerDiscriminator, compact_positions, pad_and_stack
 
 H = 12
@@ -84,3 +88,64 @@ def test_initialisation_follows_the_paper() -> None:
     disc.eval()
     w = disc.input_proj.weight
     assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, rel=0.05)
+
+
+def _power_iterate(weight: torch.Tensor, v: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` iterations of u ← Wv/‖Wv‖, then v ← Wᵀu/‖Wᵀu‖ (the parametrization's order)."""
+    for _ in range(n):
+        u = torch.nn.functional.normalize(weight @ v, dim=0)
+        v = torch.nn.functional.normalize(weight.T @ u, dim=0)
+    return u, v
+
+
+def _spectral_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in module.modules() if hasattr(m, "parametrizations")]
+
+
+def _weights_and_v(layers: list[torch.nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [
+        (m.parametrizations.weight.original.detach().clone(), m.parametrizations.weight[0]._v.clone()) for m in layers
+    ]
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_each_train_forward_runs_the_configured_power_iterations(iterations: int) -> None:
+    torch.manual_seed(0)
+    disc = TransformerDiscriminator(H, d_model=16, num_heads=4, ffn_size=32, power_iterations=iterations)
+    layers = _spectral_layers(disc)
+    assert len(layers) == 3  # input projection and both head layers
+    h, mask = torch.randn(2, 5, H), torch.ones(2, 5, dtype=torch.bool)
+    before = _weights_and_v(layers)
+    disc.train()(h, mask)
+    for m, (weight, v0) in zip(layers, before, strict=True):
+        u, v = _power_iterate(weight, v0, iterations)
+        torch.testing.assert_close(m.parametrizations.weight[0]._u, u)
+        torch.testing.assert_close(m.parametrizations.weight[0]._v, v)
+        # σ̂ = uᵀWv: the effective weight is W / σ̂ with the updated vectors
+        torch.testing.assert_close(m.weight, weight / torch.dot(u, weight @ v))
+    after_train = [m.parametrizations.weight[0]._u.clone() for m in layers]
+    disc.eval()(h, mask)  # eval forwards iterate nothing
+    assert all(torch.equal(u, m.parametrizations.weight[0]._u) for u, m in zip(after_train, layers, strict=True))
+
+
+@pytest.mark.parametrize("kind", ["transformer", "mlp"])
+def test_factory_passes_power_iterations_and_spectral_switch(kind: str) -> None:
+    factory = ganpo_discriminators()[kind]
+    sizes = {"kind": kind, "d_model": 16, "num_heads": 4, "ffn_size": 32}
+    disc = factory(H, parse_config({"discriminator": {**sizes, "power_iterations": 5}}))
+    assert {m.parametrizations.weight[0].n_power_iterations for m in _spectral_layers(disc)} == {5}
+    assert parse_config({}).discriminator.power_iterations == 3  # the release's effective count
+    plain = factory(H, parse_config({"discriminator": {**sizes, "spectral_norm": False}}))
+    assert _spectral_layers(plain) == []
+
+
+def test_one_discriminator_step_runs_three_iterations_in_its_one_batched_forward() -> None:
+    reg = make_regularizer()
+    layers = _spectral_layers(reg.discriminators)
+    before = _weights_and_v(layers)
+    reg.update(make_batch(0), StepInfo())
+    reg.policy_term(make_batch(1))  # eval mode: no iteration
+    for m, (weight, v0) in zip(layers, before, strict=True):
+        u, v = _power_iterate(weight, v0, 3)
+        torch.testing.assert_close(m.parametrizations.weight[0]._u, u)
+        torch.testing.assert_close(m.parametrizations.weight[0]._v, v)

@@ -23,7 +23,7 @@ def test_from_concatenated_splits_chosen_then_rejected() -> None:
 
 
 def test_update_trains_only_discriminators() -> None:
-    reg = make_regularizer()
+    reg = make_regularizer(optimizer={"warmup_steps": 0})  # with warm-up the first step's lr is 0
     batch = make_batch(0)
     before = disc_params(reg)
     reg.update(batch, StepInfo(is_boundary=True))
@@ -92,17 +92,34 @@ def test_ema_initialises_from_first_batch_then_moves_with_momentum() -> None:
 
 
 def test_accumulation_steps_once_with_mean_gradient() -> None:
-    """Two micro-steps of the same batch with accumulation 2 equal one step with accumulation 1."""
+    """Two micro-steps of one batch with accumulation 2 accumulate the gradient of one micro-step
+    with accumulation 1, and the optimiser steps once, at the boundary.
+
+    The two paths differ in the last float bits (μ is re-averaged on the second micro-step, sums
+    run in another order), and by how much depends on the CPU: the gradients are compared with a
+    tolerance before the optimiser step, since AdamW turns ~1e-9 differences near zero into full
+    lr-sized steps."""
     cfg = {"discriminator": {"dropout": 0.0, "spectral_norm": False}}
     batch = make_batch(0)
     accumulated, single = make_regularizer(**cfg), make_regularizer(**cfg)
-    accumulated.update(batch, StepInfo(is_boundary=False, accumulation_steps=2))
-    assert accumulated.disc_steps == 0
+    for _ in range(2):
+        accumulated.update(batch, StepInfo(is_boundary=False, accumulation_steps=2))
+    single.update(batch, StepInfo(is_boundary=False, accumulation_steps=1))
+    assert accumulated.disc_steps == single.disc_steps == 0
+    grads = [
+        (a.grad, b.grad)
+        for a, b in zip(accumulated.discriminators.parameters(), single.discriminators.parameters(), strict=True)
+    ]
+    assert all(b is not None for _, b in grads) and any(b.abs().sum() > 0 for _, b in grads)
+    for a, b in grads:
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(accumulated.mu, single.mu, rtol=1e-5, atol=1e-6)
+
     accumulated.update(batch, StepInfo(is_boundary=True, accumulation_steps=2))
-    single.update(batch, StepInfo(is_boundary=True, accumulation_steps=1))
-    assert accumulated.disc_steps == single.disc_steps == 1
-    for a, b in zip(disc_params(accumulated), disc_params(single), strict=True):
-        torch.testing.assert_close(a, b)
+    assert accumulated.disc_steps == 1
+    assert all(p.grad is None for p in accumulated.discriminators.parameters())
+    states = [s for opt in accumulated.optimizers.values() for s in opt.state.values()]
+    assert states and all(int(s["step"]) == 1 for s in states)
 
 
 def test_update_ratio_takes_extra_steps() -> None:

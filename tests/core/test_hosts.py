@@ -27,7 +27,9 @@ def test_gate_names_version_and_range(monkeypatch: pytest.MonkeyPatch) -> None:
         hosts.require_host("openrlhf")
 
 
-def test_newer_than_tested_warns_once_per_call(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_newer_than_tested_warns_once_per_call(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(hosts, "installed_version", lambda name: "1.99.0")
     assert hosts.require_host("trl") == "1.99.0"
     assert "newer than the newest version tested (1.16.0)" in caplog.text

@@ -17,13 +17,15 @@ CHECK = textwrap.dedent(
     import sys
     import torch
     from ganpo_plugins import LatentBatch, RegularizerContext, StepInfo, build_regularizer, parse_config
-    from ganpo_plugins.registry import known_names
+    from ganpo_plugins.registry import known_names, not_loaded_plugins
 
-    assert "latent_l2" in known_names("regularizer")            # listed from its entry point ...
+    assert "latent_l2" in not_loaded_plugins()                   # listed from its entry point ...
+    assert "latent_l2" not in known_names("regularizer")         # ... its kind unknown until imported
     parse_config({"regularizer": "ganpo"})
-    assert "ganpo_example_plugin" not in sys.modules               # ... but not imported until named
+    assert "ganpo_example_plugin" not in sys.modules               # ... and not imported until named
     cfg = parse_config({"regularizer": "latent_l2", "weight": 0.5})
     assert "ganpo_example_plugin" in sys.modules
+    assert "latent_l2" in known_names("regularizer") and "latent_l2" not in known_names("discriminator")
     reg = build_regularizer(cfg, RegularizerContext(hidden_size=4, policy_lr=1e-3, total_steps=1))
     policy = torch.ones(2, 3, 4, requires_grad=True)
     ones = torch.ones(2, 3, dtype=torch.bool)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-pytest.importorskip("axolotl.cli", reason="needs Axolotl 0.19.0: tox -e axolotl")
+pytest.importorskip("axolotl.cli", reason="needs Axolotl: tox -e axolotl-oldest / axolotl-newest")
 
 from bad_input_table import table
 from safetensors.torch import load_file
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 BETA = 0.1  # rl_beta of the example config
-GPO_F: dict[str, Callable[[float], float]] = {  # METHODS.md §2, f(x) at x = βρ
+GPO_F: dict[str, Callable[[float], float]] = {  # docs/methods.md, f(x) at x = βρ
     "logistic": lambda x: math.log1p(math.exp(-x)),
     "squared": lambda x: (x - 1) ** 2,
     "exponential": lambda x: math.exp(-x),
@@ -79,6 +79,7 @@ def dpo(axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]) -> A
     return axolotl_train("dpo", axolotl_cfg("dpo"))
 
 
+@pytest.mark.newest
 def test_bad_ganpo_value_stops_the_run_before_any_model_loads(
     axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]
 ) -> None:
@@ -90,6 +91,19 @@ def test_bad_ganpo_value_stops_the_run_before_any_model_loads(
     assert not run.out.exists()
 
 
+@pytest.mark.newest
+def test_a_misspelt_block_is_refused_before_any_model_loads(
+    axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]
+) -> None:
+    cfg = axolotl_cfg("typo")
+    cfg["gnapo"] = cfg.pop("ganpo")
+    run = axolotl_train("typo", cfg)
+    assert run.returncode != 0
+    assert "unknown top-level key 'gnapo': did you mean 'ganpo'?" in run.log
+    assert "Loading weights" not in run.log and not run.out.exists()
+
+
+@pytest.mark.newest
 def test_dpo_adds_the_term_logs_it_and_trains_the_discriminators(dpo: Any, plain: Any) -> None:
     _assert_trained(dpo, 4)
     plain.assert_ok()
@@ -125,6 +139,7 @@ def test_weight_zero_leaves_the_policy_as_the_plain_run_leaves_it(
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-7)
 
 
+@pytest.mark.newest
 def test_resume_restores_the_regularizer_exactly(
     dpo: Any, axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]
 ) -> None:
@@ -138,6 +153,7 @@ def test_resume_restores_the_regularizer_exactly(
     assert [e["loss"] for e in run.history()[-2:]] == [e["loss"] for e in dpo.history()[-2:]]
 
 
+@pytest.mark.newest
 def test_lora_reference_with_a_gpo_loss(axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]) -> None:
     lora = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_linear": True}
     run = axolotl_train("lora", axolotl_cfg("lora", {**lora, "ganpo": {"preference_loss": "savage"}}))
@@ -157,6 +173,17 @@ def test_gpo_kind_is_the_base_loss(
     _assert_loss_is(history, lambda e: GPO_F[kind](e["rewards/margins"]))
 
 
+@pytest.mark.newest
+def test_precomputed_reference_with_savage(axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]) -> None:
+    overrides = {"precompute_ref_log_probs": True, "max_steps": 3, "save_steps": 3}
+    run = axolotl_train("precompute", axolotl_cfg("precompute", {**overrides, "ganpo": {"preference_loss": "savage"}}))
+    _assert_trained(run, 3)
+    assert "extra no-grad forward of the reference model" in run.log  # the adapter ran the reference itself
+    history = run.history()
+    assert any(abs(e["rewards/margins"]) > 1e-5 for e in history[1:])
+    _assert_loss_is(history, lambda e: GPO_F["savage"](e["rewards/margins"]))
+
+
 def test_ipo_keeps_axolotls_ipo_loss(axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]) -> None:
     run = axolotl_train("ipo", axolotl_cfg("ipo", {"rl": "ipo", "max_steps": 2}))
     _assert_trained(run, 2)
@@ -165,6 +192,7 @@ def test_ipo_keeps_axolotls_ipo_loss(axolotl_cfg: Callable[..., Any], axolotl_tr
     assert first["loss"] == pytest.approx(1 / (2 * BETA) ** 2 + first["ganpo/adv_loss"], rel=1e-6)
 
 
+@pytest.mark.newest
 def test_simpo_uses_the_second_model_as_reference(
     axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]
 ) -> None:

@@ -74,6 +74,7 @@ def apo_runs(tiny_assets: Path, apo_data: Path, host_env, tmp_path_factory) -> d
     return runs
 
 
+@pytest.mark.newest
 def test_loss_is_apo_weighted_bradley_terry(apo_runs: dict[float, Path]) -> None:
     logged = scalars(apo_runs[0.1] / "tb")
     assert sorted(logged["train/loss"]) == list(range(1, PAIRS + 1))

@@ -92,7 +92,7 @@ def test_logistic_through_trl_restores_the_loss_types(make_trainer: Callable[...
 def test_attaching_twice_is_refused(make_trainer: Callable[..., DPOTrainer]) -> None:
     trainer = make_trainer()
     handle = attach_regularizer(trainer, SMALL_D)
-    with pytest.raises(ValueError, match="already attached.*detach"):
+    with pytest.raises(ValueError, match=r"already attached.*detach"):
         attach_regularizer(trainer, SMALL_D)
     handle.detach()
     attach_regularizer(trainer, SMALL_D).detach()  # after detach, attaching again is fine

@@ -3,7 +3,7 @@
 :class:`GANPODPOTrainer` subclasses ``openrlhf.trainer.dpo_trainer.DPOTrainer``; the launcher
 puts it in the base class's place. It touches the host only where the host offers a seam:
 
-- hidden states: a forward pre-hook on the ``lm_head`` of the policy and of the reference
+- hidden states: a forward hook on the decoder body of the policy and of the reference
   (:class:`ganpo_plugins.HiddenStateTap`) records the final-norm output of OpenRLHF's own
   forwards — no extra forward;
 - ``concatenated_forward``: calls the host's, then records the attention mask, the response
@@ -45,16 +45,12 @@ from deepspeed.accelerator import get_accelerator
 from openrlhf.trainer.dpo_trainer import DPOTrainer
 
 from ganpo_plugins import GANPOConfig, LatentBatch, PairLogps, RegularizerContext, RegularizerRunner, StepInfo
-from ganpo_plugins.taps import find_output_embeddings
+from ganpo_plugins.taps import hidden_size
 
 __all__ = ["GANPODPOTrainer"]
 
 # The few regularizer metrics also shown in the progress bar (all of them go to wandb/TensorBoard).
 _BAR_METRICS = ("ganpo/adv_loss", "ganpo/d_pos/accuracy", "ganpo/d_neg/accuracy")
-
-
-def _hidden_size(model: Any) -> int:
-    return find_output_embeddings(model).in_features
 
 
 def _mean_over_ranks(metrics: dict[str, float], group: Any) -> dict[str, float]:
@@ -91,8 +87,8 @@ class GANPODPOTrainer(DPOTrainer):
         # The policy's schedule length and warm-up, computed as openrlhf.cli.train_dpo does.
         total_steps = math.ceil(self.epochs * (len(self.train_dataloader.dataset) // args.train.batch_size))
         return RegularizerContext(
-            hidden_size=_hidden_size(self.model),
-            ref_hidden_size=_hidden_size(self.ref_model),
+            hidden_size=hidden_size(self.model),
+            ref_hidden_size=hidden_size(self.ref_model),
             policy_lr=args.adam.lr,
             total_steps=max(1, total_steps),
             warmup_steps=math.ceil(total_steps * args.lr_warmup_ratio),

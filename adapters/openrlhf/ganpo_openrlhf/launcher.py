@@ -17,15 +17,26 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from .config import validation_message
+from ganpo_plugins.flags import validation_message
+from ganpo_plugins.hosts import HostVersionError, require_host
 
-__all__ = ["attach_config", "fail", "run_host"]
+__all__ = ["attach_config", "fail", "require_openrlhf", "run_host"]
 
 
 def fail(message: str, prog: str) -> NoReturn:
     """Stop like argparse does: the message on stderr, exit status 2."""
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
+
+
+def require_openrlhf(prog: str) -> None:
+    """Stop before OpenRLHF is imported when the installed OpenRLHF or DeepSpeed is outside the
+    supported range (the message names the installed version and the range)."""
+    try:
+        require_host("openrlhf")
+        require_host("deepspeed")
+    except HostVersionError as exc:
+        fail(str(exc), prog)
 
 
 def attach_config(name: str, value: Any, check: Callable[[Any], Any], prog: str) -> None:

@@ -17,9 +17,10 @@ import sys
 from collections.abc import Sequence
 
 from ganpo_plugins import GANPOConfig, GANPOConfigError, parse_config
+from ganpo_plugins.flags import FlagError, flags_help, split_flags
 
-from .config import DPOHostCheck, FlagError, flags_help, split_flags
-from .launcher import attach_config, fail, run_host
+from .config import DPOHostCheck
+from .launcher import attach_config, fail, require_openrlhf, run_host
 
 PROG = "ganpo_openrlhf.train_dpo"
 HOST = "openrlhf.cli.train_dpo"
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = parse_config(raw, prefix="--ganpo")
     except (FlagError, GANPOConfigError) as exc:
         fail(str(exc), PROG)
+    require_openrlhf(PROG)
 
     import openrlhf.trainer.dpo_trainer as host_trainer
 

@@ -14,9 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from ganpo_plugins.apo import APOConfigError, APOSettings, parse_apo_settings
+from ganpo_plugins.flags import FlagError, flags_help, split_flags
 
-from .config import FlagError, RMHostCheck, flags_help, split_flags
-from .launcher import attach_config, fail, run_host
+from .config import RMHostCheck
+from .launcher import attach_config, fail, require_openrlhf, run_host
 
 PROG = "ganpo_openrlhf.train_rm"
 HOST = "openrlhf.cli.train_rm"
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = parse_apo_settings(raw, prefix="--apo")
     except (FlagError, APOConfigError) as exc:
         fail(str(exc), PROG)
+    require_openrlhf(PROG)
 
     import openrlhf.datasets as host_datasets
     import openrlhf.trainer.rm_trainer as host_trainer

@@ -56,7 +56,7 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -118,7 +118,7 @@ class GANPOAttachment:
     """
 
     #: Every host object the attachment changes, and how ``detach()`` undoes it.
-    WRAPPED = {
+    WRAPPED: ClassVar[dict[str, str]] = {
         "trainer._compute_loss (DPO) / trainer.get_batch_loss_metrics (CPO)": "instance attribute removed",
         "trainer.log, trainer.evaluation_loop, trainer.save_model": "instance attributes removed",
         "trainer._load_optimizer_and_scheduler": "instance attribute removed",

@@ -109,6 +109,11 @@ class TRLSettings(BaseModel):
             out.append("vision datasets are not supported by the regularizer adapters yet; use a text-only dataset")
         if self.is_encoder_decoder:
             out.append("encoder-decoder models are not supported: the regularizer reads a decoder-only model's states")
+        if self.trainer == "cpo" and self.loss_type == ("simpo",) and self.simpo_gamma is None:
+            out.append(
+                f"{n('loss_type')}=simpo needs SimPO's target margin γ, which is unset (TRL would fail dividing it by "
+                f"β at the first step); set {n('simpo_gamma')}: 0.5 (the SimPO paper's range is 0.3–1.6)"
+            )
         pref = self.ganpo.preference_loss
         if pref is None:
             return out

@@ -1,12 +1,12 @@
-"""``--ganpo.*`` / ``--apo.*`` flag parsing of the OpenRLHF launchers (in-process, no host needed)."""
+"""Dotted flags (``--ganpo.*`` / ``--apo.*``) as the CLI adapters parse them (in-process, no host needed)."""
 
 from __future__ import annotations
 
 import pytest
-from ganpo_openrlhf.config import FlagError, split_flags
 
 from ganpo_plugins import GANPOConfig, parse_config
 from ganpo_plugins.apo import APOSettings, parse_apo_settings
+from ganpo_plugins.flags import FlagError, split_flags
 
 
 def test_ganpo_flags_are_split_from_the_hosts_and_nested() -> None:
