@@ -14,6 +14,7 @@ __all__ = [
     "average_gradients",
     "broadcast_buffers",
     "data_parallel_group",
+    "mean_over_ranks",
     "rank",
     "resync_if_diverged",
 ]
@@ -92,3 +93,16 @@ def resync_if_diverged(tensors: list[torch.Tensor], group: Any) -> bool:
     for tensor in tensors:
         dist.broadcast(tensor.data, src=src, group=group)
     return True
+
+
+def mean_over_ranks(values: dict[str, float], group: Any = None) -> dict[str, float]:
+    """Each value averaged over the ranks of ``group`` that have it (ranks may differ in keys
+    when one of them skipped a batch, so this is one object gather, not a per-key collective).
+    Without an initialised process group, ``values`` unchanged."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) <= 1:
+        return values
+    gathered: list[dict[str, float] | None] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, values, group=group)
+    keys = sorted({k for g in gathered if g for k in g})
+    return {k: sum(g[k] for g in gathered if g and k in g) / sum(1 for g in gathered if g and k in g) for k in keys}
+

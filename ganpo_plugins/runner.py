@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .config import GANPOConfig, parse_config
-from .distributed import rank
+from .distributed import mean_over_ranks, rank
 from .preference import PreferenceLoss
 from .protocol import LatentBatch, LatentRegularizer, RegularizerContext, StepInfo
 from .registry import notify_step_metrics, resolve
@@ -91,6 +91,7 @@ class RegularizerRunner:
 
     def __init__(self, config: GANPOConfig | dict[str, Any], context: RegularizerContext, *models: Any) -> None:
         self.config = parse_config(config)
+        self.group = context.process_group  # None: the default group, when distributed
         self.regularizer = build_regularizer(self.config, context)
         self.tap = HiddenStateTap(*models)
         self._sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
@@ -136,12 +137,15 @@ class RegularizerRunner:
         return loss
 
     def pop_metrics(self, split: str = "train", step: int | None = None) -> dict[str, float]:
-        """Means of the metrics since the last pop, named ``ganpo/<metric>``; plugins observing
-        ``ganpo_step_metrics`` see them first."""
+        """Means of the metrics since the last pop, named ``ganpo/<metric>``, averaged over the
+        data-parallel group (so a metric means the same on every host and rank count); plugins
+        observing ``ganpo_step_metrics`` see them first. Every rank must call it (a collective
+        under data parallelism)."""
         sums, counts = self._sums[split], self._counts[split]
-        metrics = {METRIC_PREFIX + k: sums[k] / counts[k] for k in sums}
+        local = {METRIC_PREFIX + k: sums[k] / counts[k] for k in sums}
         sums.clear()
         counts.clear()
+        metrics = mean_over_ranks(local, self.group)
         if metrics and step is not None:
             notify_step_metrics(step, metrics)
         return metrics
