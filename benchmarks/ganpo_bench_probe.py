@@ -1,5 +1,8 @@
 """Benchmark-only step probe, shared by the host hooks in this folder (never imported by the product).
 
+:class:`StepProbeCallback` feeds it from an HF ``Trainer`` (the Axolotl plugin and the TRL
+script here); the OpenRLHF launcher drives it directly.
+
 Records, inside a host's training process, the wall time of each optimiser step, the peak
 resident memory of the training phase, and the shape of each policy forward, then writes them
 as JSON. Two times per step:
@@ -30,8 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StepProbe"]
+from transformers import TrainerCallback
 
+__all__ = ["PROBE_FILE", "StepProbe", "StepProbeCallback"]
+
+PROBE_FILE = "step_probe.json"  # what the Trainer-based hooks name their probe in the output folder
 _MIB = 1024.0
 
 
@@ -112,3 +118,39 @@ class StepProbe:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(payload, indent=1))
+
+
+class StepProbeCallback(TrainerCallback):
+    """Feeds a :class:`StepProbe` from an HF ``Trainer``'s events and writes it when training ends.
+
+    It changes nothing in the run: no trainer method is wrapped; a forward pre-hook on the
+    policy only reads the shape of its inputs (its training forwards, with grad enabled).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.probe = StepProbe(path)
+        self._hook: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.probe.start_training()
+        if model is not None and self._hook is None:
+            self._hook = model.register_forward_pre_hook(self._record_shape, with_kwargs=True)
+
+    def _record_shape(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        import torch
+
+        ids = args[0] if args else kwargs.get("input_ids")
+        if ids is not None and torch.is_grad_enabled():
+            self.probe.record_shape(ids.shape)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.probe.step_begin()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.probe.step_end()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.probe.dump()

@@ -3,8 +3,9 @@
     python benchmarks/host_overhead.py                      # full size, Axolotl then OpenRLHF
     python benchmarks/host_overhead.py --tiny               # the same at a tiny size (CI smoke test)
     python benchmarks/host_overhead.py --hosts axolotl --axolotl-python /path/to/venv/bin/python
+    python benchmarks/host_overhead.py --hosts trl --trl-python /path/to/venv/bin/python --vocab 32000
 
-Each host runs its real training CLI in a subprocess, the same model, data and seed every time:
+Each host runs its real training loop in a subprocess, the same model, data and seed every time:
 
 - Axolotl: ``python -m axolotl.cli.train cfg.yml`` (``rl: dpo``), with the benchmark-only plugin
   ``ganpo_bench_axolotl.StepProbePlugin`` in ``plugins:`` (and ``ganpo_axolotl.GANPOPlugin`` in
@@ -14,19 +15,31 @@ Each host runs its real training CLI in a subprocess, the same model, data and s
   the test-only CPU shims ``tests/host_openrlhf/cpu_shims`` on ``PYTHONPATH`` as the OpenRLHF tests run
   it. OpenRLHF loads models in bf16 only; Axolotl runs fp32 here (the discriminators always run
   fp32).
+- TRL: ``python benchmarks/ganpo_bench_trl.py``, TRL's own ``DPOTrainer`` (fp32, sdpa, gradient
+  checkpointing as TRL defaults it), with the step probe as a ``TrainerCallback`` and, in the
+  GANPO runs, ``ganpo_plugins.attach(trainer, ...)``.
 
-Three runs per round, alternated (plain, GANPO mask response, GANPO mask none, plain, ...), so
-load from other processes falls on all of them alike. Per run: the wall time of each optimiser
-step (previous step's end to this one's end, measured inside the training process), the first
-``--warmup`` steps dropped; the peak RSS of the training steps (``VmHWM`` reset when training
-starts) and the process's own peak RSS (loading included; ``results.json`` also has
-``ru_maxrss`` from ``os.wait4``, which counts child processes such as DeepSpeed's compiler).
-Also per step: the process's CPU time (all threads) and the load average. Reported: medians over
-all kept steps of all rounds, the per-round medians (the spread), ratios to plain DPO, the median
-CPU seconds per step and its ratio, and the load average during the kept steps.
+Four runs per round, alternated (plain, GANPO mask response, GANPO mask none, GANPO + savage,
+plain, ...), so load from other processes falls on all of them alike. The savage run is GANPO
+(mask response) with ``preference_loss: savage``, a GPO kind no host computes: ganpo_plugins
+computes it from the captured hidden states and the output-embedding weight, chunked over the
+completion tokens (``ganpo_plugins.logprobs``), in place of the host's DPO loss (which the host
+still computes).
+
+Per run: the wall time of each optimiser step (previous step's end to this one's end, measured
+inside the training process), the first ``--warmup`` steps dropped; the peak RSS of the training
+steps (``VmHWM`` reset when training starts) and the process's own peak RSS (loading included;
+``results.json`` also has ``ru_maxrss`` from ``os.wait4``, which counts child processes such as
+DeepSpeed's compiler). Also per step: the process's CPU time (all threads) and the load average.
+Reported: medians over all kept steps of all rounds, the per-round medians (the spread), ratios to
+plain DPO, the median CPU seconds per step and its ratio, and the load average during the kept
+steps.
 
 Model: a random Llama from ``examples/tiny/make_tiny_assets.py`` (default hidden 1024, 8 layers,
-intermediate 2×hidden, 4 heads / 2 KV heads, its BPE vocabulary of a few hundred tokens). Data:
+intermediate 2×hidden, 4 heads / 2 KV heads, its BPE vocabulary of a few hundred tokens).
+``--vocab V`` builds the same model (the same builder) with a V-row embedding and LM head: the
+tokenizer and data are unchanged (their ids are the first few hundred), but every logit row is
+V wide, as in a real model, which is what the memory of ``[2B, T, V]`` logits is about. Data:
 written here, prompts of about T/2 tokens and responses of 0.3–0.5 T tokens (chosen and rejected
 drawn independently, so masks and padding matter). The discriminator is the paper's (the defaults;
 ``--tiny`` shrinks it to d=32 with the model).
@@ -46,7 +59,14 @@ longest response in the micro-batch, after compaction; mask none: L = T)::
               (input projection, encoder weights, full attention over L keys)
 
 with H the LM hidden size, d_q = heads·head_dim, d_kv = kv_heads·head_dim, I the MLP width, V the
-vocabulary, and d, f, n_D the discriminator's width, feed-forward width and layers. Ignored:
+vocabulary, and d, f, n_D the discriminator's width, feed-forward width and layers. The savage
+run adds, to the mask-response bound, the log-probabilities ganpo_plugins computes: per
+completion token 2·V·H FLOPs per projection, the policy's forward, its checkpointed recompute
+and its backward (input and weight gradients: 2×) plus the reference's forward, 5 projections::
+
+    bound(savage) = bound(mask response) + 10 · C · V · H / (8 · T · F_lm(T))
+
+with C the mean completion tokens per pair (chosen + rejected, end tokens included). Ignored:
 norms, softmax, embeddings lookups, the discriminators' pooled heads and optimiser steps (all
 O(parameters) or O(positions), tiny next to the matmuls). T is measured (median padded length of
 the policy's inputs); L is the expected longest response (plus its end token) of a random
@@ -75,9 +95,28 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 SHIMS = REPO / "tests" / "host_openrlhf" / "cpu_shims"
-PROBE_FILE = "step_probe.json"  # ganpo_bench_axolotl.PROBE_FILE (not imported: it needs Axolotl)
+PROBE_FILE = "step_probe.json"  # ganpo_bench_probe.PROBE_FILE (not imported: the driver never loads a host)
 STATE_FILE = "ganpo_regularizer.pt"
-RUNS = (("plain DPO", None), ("GANPO (mask response)", "response"), ("GANPO (mask none)", "none"))
+PLAIN = "plain DPO"
+SAVAGE = "GANPO + savage (GPO kind computed by ganpo_plugins)"
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """One of the alternated runs: its table row, its folder name, and its GANPO settings
+    beside the discriminator (``None``: plain DPO)."""
+
+    name: str
+    slug: str
+    ganpo: dict[str, str] | None
+
+
+RUNS = (
+    RunKind(PLAIN, "plain", None),
+    RunKind("GANPO (mask response)", "response", {"mask": "response"}),
+    RunKind("GANPO (mask none)", "none", {"mask": "none"}),
+    RunKind(SAVAGE, "savage", {"mask": "response", "preference_loss": "savage"}),
+)
 WORDS = "red green blue cyan amber black white gold pink gray lime teal navy plum rose sand".split()
 OPENRLHF_TEMPLATE = "User: {}\nAssistant: "
 OFFLINE_ENV = {
@@ -127,14 +166,29 @@ def write_rows(path: Path, tokenizer: Any, n_pairs: int, seq: int, seed: int) ->
     return lengths
 
 
-def build_assets(workdir: Path, hidden: int, layers: int, seq: int, n_pairs: int) -> tuple[Path, Path, list]:
+def build_assets(
+    workdir: Path, hidden: int, layers: int, seq: int, n_pairs: int, vocab: int | None
+) -> tuple[Path, Path, list]:
+    """The model folder, the data file and each pair's response lengths. With ``vocab``, the
+    model is rebuilt by the tiny assets' own builder with a ``vocab``-row embedding and LM head
+    (same seed, same tokenizer) into ``model-v<vocab>``."""
     from transformers import AutoTokenizer
 
-    assets = _make_tiny_assets_module().make_assets(workdir / f"assets-h{hidden}-l{layers}", 64, hidden, layers)
+    tiny = _make_tiny_assets_module()
+    assets = tiny.make_assets(workdir / f"assets-h{hidden}-l{layers}", 64, hidden, layers)
     tokenizer = AutoTokenizer.from_pretrained(assets / "model")
+    model_dir = assets / "model"
+    if vocab is not None:
+        if vocab < len(tokenizer):
+            raise ValueError(f"--vocab {vocab} is smaller than the tokenizer's {len(tokenizer)} tokens")
+        model_dir = assets / f"model-v{vocab}"
+        if not (model_dir / "config.json").exists():
+            model = tiny.build_model(vocab, hidden, layers, 0, tokenizer.pad_token_id, tokenizer.eos_token_id)
+            model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
     data = assets / f"bench-prefs-t{seq}-n{n_pairs}.jsonl"
     lengths = write_rows(data, tokenizer, n_pairs, seq, seed=0)
-    return assets / "model", data, lengths
+    return model_dir, data, lengths
 
 
 # -- FLOP bound -------------------------------------------------------------------------------
@@ -162,16 +216,24 @@ def flop_bound(model: dict[str, Any], disc: Any, seq: float, positions: float) -
     return 1 + ganpo / (8 * seq * lm_flops_per_token(model, seq))
 
 
+def logprob_flop_ratio(model: dict[str, Any], seq: float, completion_per_pair: float) -> float:
+    """``10 · C · V · H / (8 · T · F_lm(T))``: ganpo_plugins' own log-probabilities (savage run)
+    over the LM's training FLOPs (module docstring)."""
+    head = model["vocab_size"] * model["hidden_size"]
+    return 10 * completion_per_pair * head / (8 * seq * lm_flops_per_token(model, seq))
+
+
 def expected_longest_response(lengths: list[tuple[int, int]], batch: int, samples: int = 20000) -> float:
     """E[longest response in a random micro-batch of ``batch`` pairs] (chosen and rejected)."""
     rng = random.Random(0)
     return statistics.fmean(max(max(p) for p in rng.sample(lengths, batch)) for _ in range(samples))
 
 
-def ganpo_block(opts: argparse.Namespace) -> dict[str, Any]:
-    """The GANPO settings of the GANPO runs besides ``mask``: the paper's defaults, or with
-    ``--tiny`` a discriminator sized for the tiny model."""
-    return {"discriminator": dict(TINY_DISCRIMINATOR)} if opts.tiny else {}
+def ganpo_block(opts: argparse.Namespace, kind: RunKind) -> dict[str, Any]:
+    """The GANPO settings of a GANPO run: the kind's (mask, preference loss) and the paper's
+    discriminator, or with ``--tiny`` one sized for the tiny model."""
+    assert kind.ganpo is not None
+    return {**({"discriminator": dict(TINY_DISCRIMINATOR)} if opts.tiny else {}), **kind.ganpo}
 
 
 # -- running a host ------------------------------------------------------------------------------
@@ -267,7 +329,7 @@ class AxolotlHost:
         ok = _python_has(self.python, "axolotl.cli.train", self.env)
         return None if ok else f"{self.python} cannot import axolotl.cli.train"
 
-    def config(self, out: Path, mask: str | None) -> dict[str, Any]:
+    def config(self, out: Path, kind: RunKind) -> dict[str, Any]:
         o = self.opts
         cfg: dict[str, Any] = {
             "base_model": str(self.model),
@@ -294,16 +356,16 @@ class AxolotlHost:
             "attn_implementation": "sdpa",
             "plugins": ["ganpo_bench_axolotl.StepProbePlugin"],
         }
-        if mask is not None:
+        if kind.ganpo is not None:
             cfg["plugins"].append("ganpo_axolotl.GANPOPlugin")
-            cfg["ganpo"] = {**ganpo_block(self.opts), "mask": mask}
+            cfg["ganpo"] = ganpo_block(self.opts, kind)
         return cfg
 
-    def run(self, folder: Path, mask: str | None) -> tuple[int, float, float, dict[str, Any], bool]:
+    def run(self, folder: Path, kind: RunKind) -> tuple[int, float, float, dict[str, Any], bool]:
         import yaml
 
         out = folder / "out"
-        (folder / "cfg.yml").write_text(yaml.safe_dump(self.config(out, mask)))
+        (folder / "cfg.yml").write_text(yaml.safe_dump(self.config(out, kind)))
         cmd = [self.python, "-m", "axolotl.cli.train", str(folder / "cfg.yml")]
         code, wall, rss = _launch(cmd, self.env, folder, folder / "log.txt", self.opts.run_timeout)
         probe = json.loads((out / PROBE_FILE).read_text()) if (out / PROBE_FILE).exists() else {}
@@ -351,19 +413,60 @@ class OpenRLHFHost:
             "--ckpt.path", str(folder / "ckpt"),
         ]  # fmt: skip
 
-    def run(self, folder: Path, mask: str | None) -> tuple[int, float, float, dict[str, Any], bool]:
-        module = "openrlhf.cli.train_dpo" if mask is None else "ganpo_openrlhf.train_dpo"
+    def run(self, folder: Path, kind: RunKind) -> tuple[int, float, float, dict[str, Any], bool]:
+        module = "openrlhf.cli.train_dpo" if kind.ganpo is None else "ganpo_openrlhf.train_dpo"
         flags = self.flags(folder)
-        if mask is not None:
-            flags += ["--ganpo.mask", mask]
-            for key, value in ganpo_block(self.opts).get("discriminator", {}).items():
-                flags += [f"--ganpo.discriminator.{key}", str(value)]
+        if kind.ganpo is not None:
+            for key, value in ganpo_block(self.opts, kind).items():
+                if isinstance(value, dict):  # the discriminator's settings
+                    flags += [arg for sub, v in value.items() for arg in (f"--ganpo.{key}.{sub}", str(v))]
+                else:
+                    flags += [f"--ganpo.{key}", str(value)]
         probe_path = folder / PROBE_FILE
         cmd = [self.python, "-m", "ganpo_bench_openrlhf", str(probe_path), module, *flags]
         env = {**self.env, "MASTER_PORT": str(_free_port())}
         code, wall, rss = _launch(cmd, env, folder, folder / "log.txt", self.opts.run_timeout)
         probe = json.loads(probe_path.read_text()) if probe_path.exists() else {}
         return code, wall, rss, probe, (folder / "out" / STATE_FILE).exists()
+
+
+class TRLHost:
+    name = "trl"
+
+    def __init__(self, python: str, opts: argparse.Namespace, model: Path, data: Path) -> None:
+        self.python, self.opts, self.model, self.data = python, opts, model, data
+        self.env = _env(opts.threads, [BENCH])
+        self.title = (
+            f"TRL {_version(python, 'trl')} (trl.DPOTrainer via benchmarks/ganpo_bench_trl.py, fp32, sdpa, "
+            "gradient checkpointing; "
+            f"transformers {_version(python, 'transformers')}, torch {_version(python, 'torch')})"
+        )
+
+    def available(self) -> str | None:
+        for module in ("trl", "datasets", "ganpo_trl"):
+            if not _python_has(self.python, module, self.env):
+                return f"{self.python} cannot import {module}"
+        return None
+
+    def run(self, folder: Path, kind: RunKind) -> tuple[int, float, float, dict[str, Any], bool]:
+        o, out = self.opts, folder / "out"
+        cmd = [
+            self.python, str(BENCH / "ganpo_bench_trl.py"),
+            "--model", str(self.model),
+            "--data", str(self.data),
+            "--output-dir", str(out),
+            "--max-length", str(o.seq),
+            "--batch", str(o.batch),
+            "--steps", str(o.steps),
+        ]  # fmt: skip
+        if kind.ganpo is not None:
+            cmd += ["--ganpo", json.dumps(ganpo_block(o, kind))]
+        code, wall, rss = _launch(cmd, self.env, folder, folder / "log.txt", o.run_timeout)
+        probe = json.loads((out / PROBE_FILE).read_text()) if (out / PROBE_FILE).exists() else {}
+        return code, wall, rss, probe, (out / STATE_FILE).exists()
+
+
+HOSTS = {"axolotl": AxolotlHost, "openrlhf": OpenRLHFHost, "trl": TRLHost}
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -384,19 +487,23 @@ def _median(values: list[float]) -> float:
 def summarise(host: Any, runs: list[Run], opts: argparse.Namespace, model_cfg: dict, lengths: list) -> dict:
     from ganpo_plugins import parse_config
 
-    disc = parse_config(ganpo_block(opts)).discriminator
+    disc = parse_config(ganpo_block(opts, RUNS[1])).discriminator
     shapes = [s for r in runs for s in r.probe.get("policy_input_shapes", [])]
     seq = statistics.median(s[1] for s in shapes) if shapes else float(opts.seq)
     longest = expected_longest_response(lengths, opts.batch)
+    completion = statistics.fmean(c + r for c, r in lengths)
+    logprob_share = logprob_flop_ratio(model_cfg, seq, completion)
+    response_bound = flop_bound(model_cfg, disc, seq, min(longest, seq))
     bounds = {
-        "plain DPO": 1.0,
-        "GANPO (mask response)": flop_bound(model_cfg, disc, seq, min(longest, seq)),
+        PLAIN: 1.0,
+        "GANPO (mask response)": response_bound,
         "GANPO (mask none)": flop_bound(model_cfg, disc, seq, seq),
+        SAVAGE: response_bound + logprob_share,
     }
     rows: dict[str, dict[str, Any]] = {}
-    for name, _ in RUNS:
-        group = [r for r in runs if r.name == name]
-        rows[name] = {
+    for kind in RUNS:
+        group = [r for r in runs if r.name == kind.name]
+        rows[kind.name] = {
             "s_per_step": _median([t for r in group for t in r.kept(opts.warmup)]),
             "round_medians": [_median(r.kept(opts.warmup)) for r in group],
             "cpu_s_per_step": _median([t for r in group for t in r.kept(opts.warmup, "cpu_s")]),
@@ -405,9 +512,9 @@ def summarise(host: Any, runs: list[Run], opts: argparse.Namespace, model_cfg: d
             "train_peak_mib": _median([r.train_peak_mib for r in group]),
             "process_peak_mib": _median([r.process_peak_mib for r in group]),
             "maxrss_with_children_mib": _median([r.maxrss_with_children_mib for r in group]),
-            "flop_bound": bounds[name],
+            "flop_bound": bounds[kind.name],
         }
-    plain = rows["plain DPO"]
+    plain = rows[PLAIN]
     for row in rows.values():
         row["time_ratio"] = row["s_per_step"] / plain["s_per_step"]
         row["round_ratios"] = [a / b for a, b in zip(row["round_medians"], plain["round_medians"], strict=True)]
@@ -443,17 +550,23 @@ def summarise(host: Any, runs: list[Run], opts: argparse.Namespace, model_cfg: d
         f"\nFLOP bound = 1 + 22·L·F_D(L) / (8·T·F_lm(T)): F_lm(T={seq:g}) = {f_lm / 1e6:.1f} MFLOP/token, "
         f"F_D(L={longest:.1f}) = {f_d / 1e6:.2f} MFLOP/position, "
         f"F_D(T) = {disc_flops_per_position(model_cfg['hidden_size'], disc, seq) / 1e6:.2f} MFLOP/position "
-        f"(discriminator d={disc.d_model}, {disc.num_layers} layers, ffn {disc.ffn_size})"
+        f"(discriminator d={disc.d_model}, {disc.num_layers} layers, ffn {disc.ffn_size}); savage adds "
+        f"10·C·V·H / (8·T·F_lm(T)) = {logprob_share:.3f} for its log-probabilities (C = {completion:.1f} "
+        "completion tokens per pair)"
     )
     return {"host": host.name, "title": host.title, "seq": seq, "longest_response": longest, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="tiny model and few steps (CI smoke test, ~1.5 min)")
-    parser.add_argument("--hosts", default="axolotl,openrlhf", help="comma-separated: axolotl, openrlhf")
+    parser.add_argument("--tiny", action="store_true", help="tiny model and few steps (CI smoke test, 0.5-2 min)")
+    parser.add_argument("--hosts", default="axolotl,openrlhf", help="comma-separated: axolotl, openrlhf, trl")
     parser.add_argument("--axolotl-python", default=sys.executable, help="interpreter with Axolotl installed")
     parser.add_argument("--openrlhf-python", default=sys.executable, help="interpreter with OpenRLHF installed")
+    parser.add_argument("--trl-python", default=sys.executable, help="interpreter with TRL installed")
+    parser.add_argument(
+        "--vocab", type=int, default=None, help="embedding and LM-head rows (default: the tokenizer's, a few hundred)"
+    )
     parser.add_argument("--workdir", type=Path, default=REPO / "outputs" / "host_overhead")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the training processes")
     parser.add_argument("--run-timeout", type=float, default=1800, help="seconds before a run is killed")
@@ -469,15 +582,15 @@ def main(argv: list[str] | None = None) -> int:
     if opts.warmup >= opts.steps:
         parser.error(f"--warmup {opts.warmup} must be smaller than --steps {opts.steps}")
     hosts = [h.strip() for h in opts.hosts.split(",") if h.strip()]
-    unknown = sorted(set(hosts) - {"axolotl", "openrlhf"})
+    unknown = sorted(set(hosts) - set(HOSTS))
     if unknown:
-        parser.error(f"--hosts: unknown {unknown}; choose from axolotl, openrlhf")
+        parser.error(f"--hosts: unknown {unknown}; choose from {', '.join(HOSTS)}")
     opts.workdir = opts.workdir.resolve()
     opts.workdir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
     n_pairs = max(64, opts.steps * opts.batch)
-    model, data, lengths = build_assets(opts.workdir, opts.hidden, opts.layers, opts.seq, n_pairs)
+    model, data, lengths = build_assets(opts.workdir, opts.hidden, opts.layers, opts.seq, n_pairs, opts.vocab)
     model_cfg = json.loads((model / "config.json").read_text())
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(
@@ -487,10 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {cpu}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={opts.threads}, load average {_loads()}")
 
     results = []
-    makers = {"axolotl": (AxolotlHost, opts.axolotl_python), "openrlhf": (OpenRLHFHost, opts.openrlhf_python)}
+    pythons = {"axolotl": opts.axolotl_python, "openrlhf": opts.openrlhf_python, "trl": opts.trl_python}
     for host_name in hosts:
-        cls, python = makers[host_name]
-        host = cls(python, opts, model, data)
+        host = HOSTS[host_name](pythons[host_name], opts, model, data)
         missing = host.available()
         if missing:
             print(f"\n## {host_name}: skipped ({missing})")
@@ -498,12 +610,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         runs: list[Run] = []
         for rnd in range(1, opts.rounds + 1):
-            for name, mask in RUNS:
-                folder = opts.workdir / host_name / f"r{rnd}-{mask or 'plain'}"
+            for kind in RUNS:
+                name = kind.name
+                folder = opts.workdir / host_name / f"r{rnd}-{kind.slug}"
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir(parents=True)
                 load_before = os.getloadavg()
-                code, wall, rss, probe, state = host.run(folder, mask)
+                code, wall, rss, probe, state = host.run(folder, kind)
                 run = Run(host_name, name, rnd, code, wall, rss, load_before, os.getloadavg(), probe, state)
                 runs.append(run)
                 steps = len(probe.get("steps", []))
@@ -515,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
                 problem = None
                 if code != 0 or steps != opts.steps:
                     problem = f"exit {code} with {steps}/{opts.steps} steps timed"
-                elif state != (mask is not None):
+                elif state != (kind.ganpo is not None):
                     problem = f"regularizer state {'written' if state else 'missing'} in a {name} run"
                 if problem:
                     print(f"[{host_name}] {problem}; see {folder / 'log.txt'}", file=sys.stderr)

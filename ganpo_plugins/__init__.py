@@ -1,36 +1,50 @@
 """ganpo-plugins: latent-space regularizers (GANPO and friends) for existing preference trainers.
 
-The core is framework-agnostic; adapters attach it to TRL, Axolotl and OpenRLHF.
+The core is framework-agnostic; adapters attach it to TRL, Axolotl and OpenRLHF. Names are
+imported on first use, so reading a config (:mod:`ganpo_plugins.config`) needs neither torch nor
+the plugin registry.
 """
 
-from .config import GANPOConfig, GANPOConfigError, parse_config
-from .ganpo import GANPORegularizer
-from .hookspecs import hookimpl
-from .hosts import attach
-from .mmd import MMDRegularizer
-from .preference import PairLogps, PreferenceLoss
-from .protocol import LatentBatch, LatentRegularizer, RegularizerContext, RegularizerOutput, StepInfo
-from .runner import RegularizerRunner, build_regularizer
-from .taps import HiddenStateTap
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GANPOConfig",
-    "GANPOConfigError",
-    "GANPORegularizer",
-    "HiddenStateTap",
-    "LatentBatch",
-    "LatentRegularizer",
-    "MMDRegularizer",
-    "PairLogps",
-    "PreferenceLoss",
-    "RegularizerContext",
-    "RegularizerOutput",
-    "RegularizerRunner",
-    "StepInfo",
-    "attach",
-    "build_regularizer",
-    "hookimpl",
-    "parse_config",
-]
+_EXPORTS = {
+    "GANPOConfig": "ganpo_config",
+    "GANPOConfigError": "config",
+    "GANPORegularizer": "ganpo",
+    "HiddenStateTap": "taps",
+    "LatentBatch": "protocol",
+    "LatentRegularizer": "protocol",
+    "LearnedRegularizer": "learned",
+    "MMDRegularizer": "mmd",
+    "PairLogps": "preference",
+    "PreferenceLoss": "preference",
+    "RegularizerConfig": "config",
+    "RegularizerContext": "protocol",
+    "RegularizerOutput": "protocol",
+    "RegularizerRunner": "runner",
+    "StepInfo": "protocol",
+    "attach": "hosts",
+    "build_regularizer": "runner",
+    "hookimpl": "hookspecs",
+    "parse_config": "config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from .config import GANPOConfig
 from .discriminators import MLPDiscriminator, TransformerDiscriminator
+from .ganpo_config import GANPOConfig
 from .hookspecs import hookimpl
 from .preference import PreferenceLoss, builtin_preference_losses
 

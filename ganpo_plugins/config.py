@@ -1,7 +1,16 @@
-"""One validated configuration shared by every adapter.
+"""The configuration every regularizer shares, and the parser every adapter runs.
 
 Axolotl reads it from a ``ganpo:`` YAML block, OpenRLHF from ``--ganpo.*`` flags, TRL users
 pass it directly. Every error names the key, the value and the fix.
+
+A block holds the common keys (:class:`RegularizerConfig`) and the keys of the regularizer it
+names. A regularizer factory declares the model of its keys as ``config_model``, a subclass of
+:class:`RegularizerConfig` (default: :class:`RegularizerConfig` itself, the common keys only).
+A subclass adds keys at the top of the block (GANPO's ``discriminator``, ``optimizer``, ...:
+:class:`~ganpo_plugins.ganpo_config.GANPOConfig`), or sets ``options_model`` to validate the
+``options:`` block (``mmd``'s ``bandwidths``). This module imports neither torch nor the
+registry: :func:`parse_config` consults the registry only when it runs, to find the named
+regularizer's ``config_model`` and to check every registered name a config uses.
 """
 
 from __future__ import annotations
@@ -9,20 +18,33 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .protocol import MaskMode
+__all__ = [
+    "MASK_MODES",
+    "ConfigModel",
+    "GANPOConfigError",
+    "LearnedConfig",
+    "MaskMode",
+    "OptimizerConfig",
+    "RegularizerConfig",
+    "config_model",
+    "parse_config",
+]
 
-__all__ = ["DiscriminatorConfig", "DiscriminatorOptimizerConfig", "GANPOConfig", "GANPOConfigError", "parse_config"]
+MaskMode = Literal["response", "sequence", "none"]
+MASK_MODES: tuple[str, ...] = ("response", "sequence", "none")
 
 
 class GANPOConfigError(ValueError):
     """Invalid regularizer configuration; the message names each bad key, its value and the fix."""
 
 
-class _Strict(BaseModel):
+class ConfigModel(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -32,41 +54,65 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
-class DiscriminatorConfig(_Strict):
-    """The discriminator architecture (defaults: the paper's Transformer discriminator)."""
+class RegularizerConfig(ConfigModel):
+    """The keys every regularizer accepts; the adapters read them.
 
-    kind: str = Field("transformer", description="registered discriminator name: transformer, mlp, or a plugin's")
-    d_model: int = Field(512, ge=1, description="width of the projection, encoder and head")
-    num_layers: int = Field(2, ge=1, description="encoder layers (transformer) or hidden layers (mlp)")
-    num_heads: int = Field(8, ge=1, description="attention heads (transformer); must divide d_model")
-    ffn_size: int = Field(2048, ge=1, description="feed-forward width (transformer)")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout inside the encoder (transformer)")
-    spectral_norm: bool = Field(True, description="spectrally normalise the linear projections")
-    power_iterations: int = Field(
-        3,
-        ge=1,
-        description="spectral norm power iterations per discriminator step (3: the public release's effective count)",
+    ``L = L_PO + weight · L_reg`` (docs/methods.md). A regularizer's ``config_model`` subclasses
+    this model; ``options_model`` (a class attribute) is the model of its ``options:`` block,
+    ``None`` when it takes no options.
+    """
+
+    options_model: ClassVar[type[BaseModel] | None] = None
+
+    regularizer: str = Field("ganpo", description="registered regularizer name: ganpo, mmd, or a plugin's")
+    weight: float = Field(1.0, description="λ, the weight of the regularizer term (the paper uses 1)")
+    mask: MaskMode = Field("response", description="positions the regularizer sees: response, sequence or none")
+    preference_loss: str | None = Field(
+        None, description="base preference loss (a GPO kind or simpo); default: the host's own loss"
     )
+    simpo_gamma: float | None = Field(None, description="SimPO margin γ where the host has none")
+    seed: int | None = Field(None, description="seed of the regularizer's own RNG; default: the host's seed")
+    save_every_rank: bool = Field(False, description="every rank writes its regularizer state, not only rank 0")
+    options: dict[str, Any] = Field(default_factory=dict, description="regularizer-specific options")
 
-    @field_validator("kind")
+    @field_validator("weight")
     @classmethod
-    def _known_kind(cls, v: str) -> str:
-        from .registry import check_name
+    def _finite_non_negative(cls, v: float) -> float:
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError("weight must be a finite number >= 0; the paper uses 1.0")
+        return v
 
-        return check_name("discriminator", v)
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_torch_range(cls, v: int | None) -> int | None:
+        # torch.manual_seed takes [-2**63, 2**64 - 1] and maps a negative seed s to 2**64 + s, so
+        # -1 would silently equal 18446744073709551615; beyond that range it raises mid-build.
+        if v is not None and not 0 <= v < 2**64:
+            raise ValueError("seed must be an integer in [0, 2**64 - 1] (the range torch.manual_seed accepts)")
+        return v
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> DiscriminatorConfig:
-        if self.kind == "transformer" and self.d_model % self.num_heads:
-            raise ValueError(
-                f"num_heads={self.num_heads} must divide d_model={self.d_model}; "
-                f"pick num_heads from {[h for h in range(1, 17) if self.d_model % h == 0]}"
-            )
+    def _options_fit(self) -> RegularizerConfig:
+        model = self.options_model
+        if model is None and self.options:
+            raise ValueError(f"regularizer {self.regularizer!r} takes no options; remove options: {self.options}")
+        if model is not None:
+            try:
+                model.model_validate(self.options)
+            except ValidationError as exc:
+                raise ValueError("; ".join(_format_error(e, "options", model) for e in exc.errors())) from None
         return self
 
+    def registered_names(self) -> dict[str, tuple[str, str]]:
+        """``{dotted key: (kind, name)}`` for every registered name this config uses besides
+        ``regularizer``; :func:`parse_config` resolves each through the registry."""
+        if self.preference_loss is None:
+            return {}
+        return {"preference_loss": ("preference_loss", self.preference_loss)}
 
-class DiscriminatorOptimizerConfig(_Strict):
-    """The discriminators' own AdamW and schedule (one optimiser per discriminator)."""
+
+class OptimizerConfig(ConfigModel):
+    """The own AdamW and schedule of a learned regularizer (one optimiser per learned module)."""
 
     lr: float | None = Field(None, description="learning rate; default: policy lr × lr_ratio")
     lr_ratio: float = Field(0.5, description="discriminator lr as a fraction of the policy lr, when lr is unset")
@@ -91,102 +137,16 @@ class DiscriminatorOptimizerConfig(_Strict):
         return v
 
 
-# Keys every regularizer accepts (the adapters read them); the rest belong to one regularizer,
-# which lists the ones it reads in its factory's ``config_keys``.
-COMMON_KEYS = frozenset(
-    {"regularizer", "weight", "mask", "preference_loss", "simpo_gamma", "seed", "save_every_rank", "options"}
-)
+class LearnedConfig(RegularizerConfig):
+    """The keys of a regularizer that trains modules of its own
+    (:class:`~ganpo_plugins.learned.LearnedRegularizer`)."""
+
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
 
 
-class GANPOConfig(_Strict):
-    """Configuration of a latent regularizer and the preference loss it is added to.
-
-    ``L = L_PO + weight · L_reg`` (docs/methods.md, GANPO).
-    """
-
-    regularizer: str = Field("ganpo", description="registered regularizer name: ganpo, mmd, or a plugin's")
-    weight: float = Field(1.0, description="λ, the weight of the regularizer term (the paper uses 1)")
-    mask: MaskMode = Field("response", description="positions the regularizer sees: response, sequence or none")
-    max_positions: int = Field(2048, ge=1, description="longer position sequences are truncated to their start")
-    ema_momentum: float = Field(0.9, description="momentum of the running means of discriminator scores")
-    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
-    optimizer: DiscriminatorOptimizerConfig = Field(default_factory=DiscriminatorOptimizerConfig)
-    preference_loss: str | None = Field(
-        None, description="base preference loss (a GPO kind or simpo); default: the host's own loss"
-    )
-    simpo_gamma: float | None = Field(None, description="SimPO margin γ where the host has none")
-    seed: int | None = Field(None, description="seed of the regularizer's own RNG; default: the host's seed")
-    saturation_patience: int = Field(
-        100, ge=1, description="warn when a discriminator stays saturated for this many of its steps"
-    )
-    save_every_rank: bool = Field(False, description="every rank writes its regularizer state, not only rank 0")
-    options: dict[str, Any] = Field(default_factory=dict, description="regularizer-specific options")
-
-    @field_validator("regularizer")
-    @classmethod
-    def _known_regularizer(cls, v: str) -> str:
-        from .registry import check_name
-
-        return check_name("regularizer", v)
-
-    @field_validator("preference_loss")
-    @classmethod
-    def _known_loss(cls, v: str | None) -> str | None:
-        from .registry import check_name
-
-        return v if v is None else check_name("preference_loss", v)
-
-    @model_validator(mode="after")
-    def _keys_fit_regularizer(self) -> GANPOConfig:
-        from .registry import resolve
-
-        factory = resolve("regularizer", self.regularizer)
-        own_keys = getattr(factory, "config_keys", None)
-        if own_keys is not None:
-            # Only values that differ from the default matter (a full dump of a config is fine).
-            unused = sorted(
-                key
-                for key in self.model_fields_set - COMMON_KEYS - set(own_keys)
-                if getattr(self, key) != type(self).model_fields[key].get_default(call_default_factory=True)
-            )
-            if unused:
-                keys = ", ".join(unused)
-                raise ValueError(
-                    f"{keys}: not used by regularizer {self.regularizer!r}; remove them or choose a "
-                    "regularizer that reads them"
-                )
-        options_model = getattr(factory, "options_model", None)
-        if options_model is None and self.options:
-            raise ValueError(f"regularizer {self.regularizer!r} takes no options; remove options: {self.options}")
-        if options_model is not None:
-            try:
-                options_model.model_validate(self.options)
-            except ValidationError as exc:
-                raise ValueError("; ".join(_format_error(e, "options", options_model) for e in exc.errors())) from None
-        return self
-
-    @field_validator("weight")
-    @classmethod
-    def _finite_non_negative(cls, v: float) -> float:
-        if not (math.isfinite(v) and v >= 0):
-            raise ValueError("weight must be a finite number >= 0; the paper uses 1.0")
-        return v
-
-    @field_validator("seed")
-    @classmethod
-    def _seed_in_torch_range(cls, v: int | None) -> int | None:
-        # torch.manual_seed takes [-2**63, 2**64 - 1] and maps a negative seed s to 2**64 + s, so
-        # -1 would silently equal 18446744073709551615; beyond that range it raises mid-build.
-        if v is not None and not 0 <= v < 2**64:
-            raise ValueError("seed must be an integer in [0, 2**64 - 1] (the range torch.manual_seed accepts)")
-        return v
-
-    @field_validator("ema_momentum")
-    @classmethod
-    def _momentum_in_unit_interval(cls, v: float) -> float:
-        if not (0.0 <= v < 1.0):
-            raise ValueError("ema_momentum must lie in [0, 1); the paper uses 0.9")
-        return v
+def config_model(factory: Any) -> type[RegularizerConfig]:
+    """The config model a regularizer factory declares as ``config_model`` (default: the common keys)."""
+    return getattr(factory, "config_model", RegularizerConfig)
 
 
 def _format_error(err: Mapping[str, Any], prefix: str, model: type[BaseModel]) -> str:
@@ -202,8 +162,14 @@ def _format_error(err: Mapping[str, Any], prefix: str, model: type[BaseModel]) -
             str(err.get("input")), [str(x) for x in err["ctx"]["expected"].split("'")[1::2]], n=1
         )
         msg += f". Did you mean {hint[0]!r}?" if hint else ""
-    value = err.get("input")
-    shown = "" if err["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
+    return _problem(key, msg, _UNSHOWN if err["type"] == "extra_forbidden" else err.get("input"))
+
+
+_UNSHOWN = object()
+
+
+def _problem(key: str, msg: str, value: Any = _UNSHOWN) -> str:
+    shown = "" if value is _UNSHOWN or isinstance(value, dict) else f" (got {value!r})"
     return f"{key}: {msg}{shown}"
 
 
@@ -215,13 +181,85 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def parse_config(data: Mapping[str, Any] | GANPOConfig | None, prefix: str = "ganpo") -> GANPOConfig:
-    """Validate ``data`` into a :class:`GANPOConfig`; raise :class:`GANPOConfigError` listing
-    every bad key as ``prefix.key: problem (got value)``."""
-    if isinstance(data, GANPOConfig):
-        return data
+def parse_config(data: Mapping[str, Any] | RegularizerConfig | None, prefix: str = "ganpo") -> RegularizerConfig:
+    """Validate a block into the named regularizer's ``config_model``; raise
+    :class:`GANPOConfigError` listing every bad key as ``prefix.key: problem (got value)``.
+
+    Runs the registry: the regularizer's name picks the model, and every registered name the
+    config uses must resolve. A key of another registered regularizer is refused unless it
+    holds that key's default (a full dump of another regularizer's config is fine).
+    """
+    from . import registry
+
+    if isinstance(data, RegularizerConfig):
+        try:
+            if config_model(registry.resolve("regularizer", data.regularizer)) is type(data):
+                return _check_names(data, prefix, registry)
+        except registry.PluginError:
+            pass  # parsed again below, which names the problem
+        data = data.model_dump(exclude_unset=True)
+    block = dict(data or {})
+    problems: list[str] = []
+    name = block.get("regularizer", RegularizerConfig.model_fields["regularizer"].default)
+    model: type[RegularizerConfig] | None = None
+    if isinstance(name, str):  # else validation names the bad value
+        try:
+            model = config_model(registry.resolve("regularizer", name))
+        except registry.PluginError as exc:
+            problems.append(_problem(f"{prefix}.regularizer", str(exc), name))
+    if model is None:  # which keys the intended regularizer reads is unknown: check the common ones
+        model = RegularizerConfig
+        block = {k: v for k, v in block.items() if k in model.model_fields}
+    block, unused = _split_unused(block, model, registry)
+    if unused:
+        problems.append(
+            f"{prefix}: {', '.join(unused)}: not used by regularizer {name!r}; remove them or choose a "
+            "regularizer that reads them"
+        )
     try:
-        return GANPOConfig.model_validate(dict(data or {}))
+        config = model.model_validate(block)
     except ValidationError as exc:
-        lines = [_format_error(e, prefix, GANPOConfig) for e in exc.errors()]
-        raise GANPOConfigError("invalid regularizer configuration:\n  " + "\n  ".join(lines)) from None
+        problems.extend(_format_error(e, prefix, model) for e in exc.errors())
+    else:
+        if not problems:
+            return _check_names(config, prefix, registry)
+    raise GANPOConfigError("invalid regularizer configuration:\n  " + "\n  ".join(problems))
+
+
+def _split_unused(
+    block: dict[str, Any], model: type[RegularizerConfig], registry: Any
+) -> tuple[dict[str, Any], list[str]]:
+    """``block`` without the keys of other registered regularizers, and those of them that
+    differ from their default there."""
+    owners = {}
+    for other in registry.known_names("regularizer"):
+        other_model = config_model(registry.resolve("regularizer", other))
+        owners.update({key: other_model for key in other_model.model_fields if key not in owners})
+    kept, unused = {}, []
+    for key, value in block.items():
+        owner = owners.get(key)
+        if key in model.model_fields or owner is None:
+            kept[key] = value
+        elif not _is_default(owner, key, value):
+            unused.append(key)
+    return kept, sorted(unused)
+
+
+def _is_default(model: type[RegularizerConfig], key: str, value: Any) -> bool:
+    try:
+        parsed = getattr(model.model_validate({key: value}), key)
+    except ValidationError:
+        return False
+    return parsed == model.model_fields[key].get_default(call_default_factory=True)
+
+
+def _check_names(config: RegularizerConfig, prefix: str, registry: Any) -> RegularizerConfig:
+    problems = []
+    for key, (kind, name) in config.registered_names().items():
+        try:
+            registry.resolve(kind, name)
+        except registry.PluginError as exc:
+            problems.append(_problem(f"{prefix}.{key}", str(exc), name))
+    if problems:
+        raise GANPOConfigError("invalid regularizer configuration:\n  " + "\n  ".join(problems))
+    return config

@@ -105,4 +105,3 @@ def mean_over_ranks(values: dict[str, float], group: Any = None) -> dict[str, fl
     dist.all_gather_object(gathered, values, group=group)
     keys = sorted({k for g in gathered if g for k in g})
     return {k: sum(g[k] for g in gathered if g and k in g) / sum(1 for g in gathered if g and k in g) for k in keys}
-

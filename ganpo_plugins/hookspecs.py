@@ -11,7 +11,9 @@ imported only when a config asks for that name::
 
 Factories:
 
-- regularizer: ``factory(config: GANPOConfig, context: RegularizerContext) -> LatentRegularizer``
+- regularizer: ``factory(config, context: RegularizerContext) -> LatentRegularizer``, where
+  ``config`` is an instance of the factory's ``config_model`` (a subclass of
+  :class:`ganpo_plugins.config.RegularizerConfig`; the common keys only when it declares none)
 - discriminator: ``factory(input_size: int, config: GANPOConfig) -> nn.Module`` mapping
   ``(hidden [B, T, H], mask [B, T])`` to scores ``[B]``
 - preference loss: a :class:`ganpo_plugins.preference.PreferenceLoss`

@@ -13,11 +13,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from .config import GANPOConfig
+from .config import RegularizerConfig
 from .functional import masked_mean, rbf_mmd2
 from .protocol import LatentBatch, Metrics, RegularizerContext, RegularizerOutput, StepInfo
 
-__all__ = ["MMDOptions", "MMDRegularizer"]
+__all__ = ["MMDConfig", "MMDOptions", "MMDRegularizer"]
 
 
 class MMDOptions(BaseModel):
@@ -27,14 +27,18 @@ class MMDOptions(BaseModel):
     bandwidths: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0), min_length=1)
 
 
+class MMDConfig(RegularizerConfig):
+    """The common keys and ``options:`` :class:`MMDOptions`."""
+
+    options_model = MMDOptions
+
+
 class MMDRegularizer:
     """RBF-kernel MMD between pooled policy and reference latents, chosen and rejected."""
 
-    name = "mmd"
-    config_keys: frozenset[str] = frozenset()
-    options_model = MMDOptions
+    config_model = MMDConfig
 
-    def __init__(self, config: GANPOConfig, context: RegularizerContext) -> None:
+    def __init__(self, config: MMDConfig, context: RegularizerContext) -> None:
         self.weight = config.weight
         self.mask = config.mask
         self.options = MMDOptions.model_validate(config.options)
@@ -45,8 +49,8 @@ class MMDRegularizer:
     def policy_term(self, batch: LatentBatch) -> RegularizerOutput:
         mask_c, mask_r = batch.positions(self.mask)
         bw = self.options.bandwidths
-        chosen = rbf_mmd2(_pool(batch.policy_chosen, mask_c), _pool(batch.ref_chosen, mask_c), bw)
-        rejected = rbf_mmd2(_pool(batch.policy_rejected, mask_r), _pool(batch.ref_rejected, mask_r), bw)
+        chosen = rbf_mmd2(_pool(batch.policy_chosen, mask_c), _pool(batch.ref_chosen.detach(), mask_c), bw)
+        rejected = rbf_mmd2(_pool(batch.policy_rejected, mask_r), _pool(batch.ref_rejected.detach(), mask_r), bw)
         mmd = chosen + rejected
         return RegularizerOutput(self.weight * mmd, {"mmd_chosen": chosen.item(), "mmd_rejected": rejected.item()})
 

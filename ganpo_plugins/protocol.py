@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-MaskMode = Literal["response", "sequence", "none"]
-MASK_MODES: tuple[str, ...] = ("response", "sequence", "none")
+from .config import MASK_MODES, MaskMode
 
 Metrics = dict[str, float]
 
@@ -147,20 +146,25 @@ class LatentRegularizer(Protocol):
     """A regularizer on last-layer hidden states of policy and reference.
 
     Contract:
-    - ``mask`` names the positions it sees (:data:`MaskMode`); the adapter passes both masks.
+    - ``mask`` names the positions it sees (:data:`MaskMode`); callers zero the latents
+      elsewhere before each call.
     - ``update`` is called once per training micro-step, before ``policy_term``; it learns
       whatever the regularizer learns (its own parameters only: it must detach the policy
       latents), accumulates gradients scaled by ``1 / info.accumulation_steps``, steps its own
       optimiser when ``info.is_boundary``, and keeps every rank of its process group identical.
+      :class:`~ganpo_plugins.learned.LearnedRegularizer` does all of that for a subclass.
     - ``policy_term`` returns the already-weighted term to add to the policy loss; its gradient
-      reaches the policy only through ``policy_*`` latents, never the regularizer's parameters.
-      Adapters also call it under ``torch.no_grad()`` in evaluation (no ``update`` there).
+      reaches the policy only through ``policy_*`` latents, never the reference latents or the
+      regularizer's parameters. Adapters also call it under ``torch.no_grad()`` in evaluation
+      (no ``update`` there), which must leave the state unchanged.
     - ``state_dict``/``load_state_dict`` round-trip everything needed to continue identically;
       the state holds only tensors and plain Python values (it is loaded with
       ``torch.load(weights_only=True)``).
+
+    Its factory (usually the class) is called as ``factory(config, context)`` with ``config`` an
+    instance of the factory's ``config_model`` (:mod:`ganpo_plugins.config`).
     """
 
-    name: str
     mask: MaskMode
 
     def update(self, batch: LatentBatch, info: StepInfo) -> Metrics: ...

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import GANPOConfig, parse_config
+from .config import RegularizerConfig, parse_config
 from .distributed import mean_over_ranks, rank
 from .preference import PreferenceLoss
 from .protocol import LatentBatch, LatentRegularizer, RegularizerContext, StepInfo
@@ -47,13 +47,13 @@ ARCHITECTURE_KEYS = ("regularizer", "max_positions", "discriminator", "options")
 SILENT_KEYS = ("seed", "saturation_patience", "save_every_rank")
 
 
-def build_regularizer(config: GANPOConfig, context: RegularizerContext) -> LatentRegularizer:
+def build_regularizer(config: RegularizerConfig, context: RegularizerContext) -> LatentRegularizer:
     """Instantiate the configured regularizer and check that it satisfies the protocol."""
     regularizer = resolve("regularizer", config.regularizer)(config, context)
     if not isinstance(regularizer, LatentRegularizer):
         raise TypeError(
             f"regularizer {config.regularizer!r} built a {type(regularizer).__name__}, which lacks part of "
-            "the LatentRegularizer protocol (name, mask, update, policy_term, state_dict, load_state_dict)"
+            "the LatentRegularizer protocol (mask, update, policy_term, state_dict, load_state_dict)"
         )
     return regularizer
 
@@ -89,7 +89,7 @@ def state_path(directory: str | os.PathLike[str], for_rank: int = 0) -> Path:
 class RegularizerRunner:
     """One regularizer attached to one host run."""
 
-    def __init__(self, config: GANPOConfig | dict[str, Any], context: RegularizerContext, *models: Any) -> None:
+    def __init__(self, config: RegularizerConfig | dict[str, Any], context: RegularizerContext, *models: Any) -> None:
         self.config = parse_config(config)
         self.group = context.process_group  # None: the default group, when distributed
         self.regularizer = build_regularizer(self.config, context)
@@ -218,6 +218,10 @@ class RegularizerRunner:
         # A key the saved config lacks (added by a later version) counts as its default then.
         defaults = _flatten(type(self.config)().model_dump(mode="json"))
         old = {**{k: v for k, v in defaults.items() if k not in old and k in new}, **old}
+        # Keys the running config model does not have (another regularizer's, or an older layout
+        # that dumped GANPO's keys for every regularizer) cannot change anything here.
+        fields = type(self.config).model_fields
+        old = {k: v for k, v in old.items() if k.split(".", 1)[0] in fields}
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k, _UNSET) != new.get(k, _UNSET))
         architecture = [k for k in changed if _under(k, ARCHITECTURE_KEYS)]
         if "regularizer" in architecture:  # every other difference follows from that one

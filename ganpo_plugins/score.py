@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import GANPOConfig, parse_config
+from .config import parse_config
 from .discriminators import compact_positions
+from .ganpo_config import GANPOConfig
 from .protocol import MaskMode
 from .registry import resolve
 from .runner import STATE_FILE

@@ -1,8 +1,9 @@
 """Smoke test of ``benchmarks/host_overhead.py --tiny`` through the real Axolotl CLI (``tox -e axolotl``).
 
-Runs the whole benchmark at a tiny size (three real ``python -m axolotl.cli.train`` runs: plain
-DPO, GANPO with mask response, GANPO with mask none) and checks the table it prints: every row
-is there, plain DPO is the unit, and each ratio and bound is a finite positive number. It says
+Runs the whole benchmark at a tiny size (four real ``python -m axolotl.cli.train`` runs: plain
+DPO, GANPO with mask response, GANPO with mask none, GANPO with ``preference_loss: savage``)
+and checks the table it prints: every row is there, plain DPO is the unit, and each ratio and
+bound is a finite positive number. It says
 nothing about speed: the numbers of a tiny model on a shared CI machine mean nothing.
 """
 
@@ -21,7 +22,12 @@ pytest.importorskip("axolotl.cli", reason="needs Axolotl 0.19.0: tox -e axolotl"
 pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-ROWS = ("plain DPO", "GANPO (mask response)", "GANPO (mask none)")
+ROWS = (
+    "plain DPO",
+    "GANPO (mask response)",
+    "GANPO (mask none)",
+    "GANPO + savage (GPO kind computed by ganpo_plugins)",
+)
 COLUMNS = (
     "run",
     "s/step (median)",
@@ -69,12 +75,15 @@ def test_tiny_benchmark_prints_every_row_with_finite_positive_ratios(tmp_path: P
     # Plain DPO is the unit of every ratio; GANPO does strictly more work, so its FLOP bound is above 1.
     assert float(rows["plain DPO"]["time ratio"]) == 1.0
     assert float(rows["plain DPO"]["FLOP bound"]) == 1.0
-    bounds = [float(rows[name]["FLOP bound"]) for name in ROWS[1:]]
-    assert all(b > 1.0 for b in bounds)
-    # Masking to the response positions can only shrink the discriminators' work.
-    assert bounds[0] < bounds[1]
+    response, none, savage = (float(rows[name]["FLOP bound"]) for name in ROWS[1:])
+    assert min(response, none, savage) > 1.0
+    # Masking to the response positions can only shrink the discriminators' work; savage adds
+    # the package's own log-probabilities to the mask-response run.
+    assert response < none
+    assert response < savage
 
-    # The raw data behind the table: every run finished all its steps, and only GANPO runs saved regularizer state.
+    # The raw data behind the table: every run finished all its steps, only GANPO runs saved regularizer state,
+    # and the savage run's base loss was computed by ganpo_plugins.
     saved = json.loads((tmp_path / "results.json").read_text())
     (axolotl,) = saved["results"]
     assert {r["name"] for r in axolotl["runs"]} == set(ROWS)
@@ -82,3 +91,5 @@ def test_tiny_benchmark_prints_every_row_with_finite_positive_ratios(tmp_path: P
         assert run["returncode"] == 0
         assert len(run["probe"]["steps"]) == saved["options"]["steps"]
         assert run["regularizer_state"] == (run["name"] != "plain DPO")
+    savage_log = (tmp_path / "axolotl" / "r1-savage" / "log.txt").read_text()
+    assert "base loss: savage (computed by ganpo_plugins" in savage_log

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+
 import pytest
 
-from ganpo_plugins.config import GANPOConfig, GANPOConfigError, parse_config
+from ganpo_plugins import hookimpl
+from ganpo_plugins.config import GANPOConfigError, RegularizerConfig, parse_config
+from ganpo_plugins.ganpo_config import GANPOConfig
+from ganpo_plugins.mmd import MMDConfig
+from ganpo_plugins.registry import fresh_plugin_manager, register_plugin
+
+
+@pytest.fixture
+def fresh() -> Iterator[None]:
+    fresh_plugin_manager()
+    yield
+    fresh_plugin_manager()
 
 
 def test_several_errors_are_all_listed() -> None:
@@ -34,6 +49,58 @@ def test_defaults_are_the_papers() -> None:
     assert (o.lr, o.lr_ratio, o.scheduler, o.update_ratio, o.warmup_steps) == (None, 0.5, "cosine", 1, None)
 
 
-def test_valid_nested_config_round_trips_through_json() -> None:
-    cfg = parse_config({"regularizer": "mmd", "weight": 0.5, "options": {"bandwidths": [1.0, 2.0]}})
-    assert GANPOConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+@pytest.mark.parametrize(
+    "block",
+    [{"regularizer": "mmd", "weight": 0.5, "options": {"bandwidths": [1.0, 2.0]}}, {"discriminator": {"d_model": 8}}],
+)
+def test_valid_config_round_trips_through_json(block: dict) -> None:
+    cfg = parse_config(block)
+    assert parse_config(cfg.model_dump(mode="json")) == cfg
+
+
+def test_reading_a_config_imports_neither_torch_nor_the_registry() -> None:
+    check = (
+        "import ganpo_plugins.config, sys; "
+        "assert 'torch' not in sys.modules and 'ganpo_plugins.registry' not in sys.modules, sorted(sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_each_regularizer_gets_its_own_config_model() -> None:
+    assert type(parse_config({})) is GANPOConfig
+    mmd = parse_config({"regularizer": "mmd"})
+    assert type(mmd) is MMDConfig and not hasattr(mmd, "discriminator")
+
+
+class _Plain:
+    """A third-party factory that declares no config model: it reads the common keys only."""
+
+    @hookimpl
+    def ganpo_regularizers(self):
+        return {"plain": _Plain}
+
+
+def test_a_factory_without_config_model_reads_only_the_common_keys(fresh) -> None:
+    register_plugin(_Plain(), "plain_plugin")
+    cfg = parse_config({"regularizer": "plain", "weight": 0.25, "seed": 3})
+    assert type(cfg) is RegularizerConfig and (cfg.weight, cfg.seed) == (0.25, 3)
+    assert not hasattr(cfg, "discriminator") and not hasattr(cfg, "optimizer")
+    with pytest.raises(GANPOConfigError, match=r"ganpo: optimizer: not used by regularizer 'plain'"):
+        parse_config({"regularizer": "plain", "optimizer": {"lr": 1.0}})
+    with pytest.raises(GANPOConfigError, match=r"ganpo.wieght: unknown key; known keys here: regularizer, weight"):
+        parse_config({"regularizer": "plain", "wieght": 1.0})
+
+
+def test_another_regularizers_key_at_its_default_is_accepted() -> None:
+    """A full dump of a GANPO config names another regularizer; its GANPO keys hold defaults."""
+    block = {**GANPOConfig().model_dump(mode="json"), "regularizer": "mmd"}
+    assert type(parse_config(block)) is MMDConfig
+
+
+def test_an_instance_is_checked_against_its_regularizer() -> None:
+    cfg = GANPOConfig(weight=0.5)
+    assert parse_config(cfg) is cfg
+    assert type(parse_config(GANPOConfig(regularizer="mmd"))) is MMDConfig
+    with pytest.raises(GANPOConfigError, match=r"ganpo.preference_loss: unknown preference_loss 'dpo'"):
+        parse_config(GANPOConfig(preference_loss="dpo"))

@@ -17,9 +17,9 @@ import torch
 
 pytest.importorskip("trl.trainer", reason="needs TRL 1.9: tox -e axolotl")
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 from ganpo_trl import TRLSettings, attach_regularizer
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 from trl import DPOConfig, DPOTrainer
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
@@ -27,21 +27,6 @@ from ganpo_plugins import GANPOConfig, StepInfo
 
 SMALL_D = {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
 BETA = 0.1
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_assets: Path) -> Any:
-    return AutoTokenizer.from_pretrained(tiny_assets / "model")
-
-
-@pytest.fixture(scope="module")
-def pairs(tiny_assets: Path) -> Dataset:
-    return load_dataset("json", data_files=str(tiny_assets / "prefs.jsonl"), split="train").select(range(16))
-
-
-@pytest.fixture
-def load_model(tiny_assets: Path) -> Callable[[], Any]:
-    return lambda: AutoModelForCausalLM.from_pretrained(tiny_assets / "model")
 
 
 def dpo_args(tmp_path: Path, **overrides: Any) -> DPOConfig:

@@ -15,10 +15,10 @@ pytest.importorskip("trl.trainer", reason="needs TRL: tox -e trl-oldest / trl-ne
 
 import trl.trainer.dpo_trainer as dpo_module
 import trl.trainer.utils as trl_utils
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 from ganpo_trl import attach_regularizer
 from host_trl.test_trl_attach import BETA, SMALL_D, assert_loss_is, dpo_args, train_logs
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 from trl import DPOTrainer
 
 from ganpo_plugins import hosts
@@ -26,16 +26,6 @@ from ganpo_plugins.taps import find_decoder
 
 # A non-default configuration: the undo must not depend on defaults.
 CONFIG = {**SMALL_D, "preference_loss": "savage", "weight": 0.5, "mask": "sequence", "seed": 7}
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_assets: Path) -> Any:
-    return AutoTokenizer.from_pretrained(tiny_assets / "model")
-
-
-@pytest.fixture(scope="module")
-def pairs(tiny_assets: Path) -> Dataset:
-    return load_dataset("json", data_files=str(tiny_assets / "prefs.jsonl"), split="train").select(range(16))
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from ganpo_trl.settings import TRLSettings
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from ganpo_plugins import GANPOConfig, GANPOConfigError, parse_config
+from ganpo_plugins import GANPOConfigError, RegularizerConfig, parse_config
 
 from .plugin import ganpo_enabled
 
@@ -25,14 +25,15 @@ SUPPORTED_RL = ("dpo", "ipo", "simpo")
 class GANPOArgs(BaseModel):
     """Adds ``ganpo:`` to Axolotl's config (absent: the defaults, GANPO as in the paper)."""
 
-    ganpo: GANPOConfig | None = Field(
+    # SerializeAsAny: Axolotl re-dumps its config; the regularizer's own keys must survive that.
+    ganpo: SerializeAsAny[RegularizerConfig] | None = Field(
         None, description="latent regularizer added to the DPO/IPO/SimPO loss (ganpo-plugins)"
     )
 
     @field_validator("ganpo", mode="before")
     @classmethod
-    def _parse(cls, value: Any) -> GANPOConfig | None:
-        if value is None or isinstance(value, GANPOConfig):
+    def _parse(cls, value: Any) -> RegularizerConfig | None:
+        if value is None or isinstance(value, RegularizerConfig):
             return value
         if not isinstance(value, dict):
             raise ValueError(f"ganpo must be a mapping of keys to values, got {type(value).__name__} {value!r}")
@@ -64,7 +65,7 @@ class GANPOArgs(BaseModel):
             )
         if rl in SUPPORTED_RL:
             try:
-                settings_from_axolotl(cfg, self.ganpo or GANPOConfig())
+                settings_from_axolotl(cfg, self.ganpo or parse_config(None))
             except ValidationError as exc:
                 problems.extend(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         if problems:
@@ -72,7 +73,7 @@ class GANPOArgs(BaseModel):
         return self
 
 
-def settings_from_axolotl(cfg: dict[str, Any], config: GANPOConfig) -> TRLSettings:
+def settings_from_axolotl(cfg: dict[str, Any], config: RegularizerConfig) -> TRLSettings:
     """The TRL trainer settings Axolotl will build from ``cfg`` (raises on conflicts, naming
     Axolotl's keys)."""
     rl = _value(cfg.get("rl"))

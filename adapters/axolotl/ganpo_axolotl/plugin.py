@@ -15,20 +15,26 @@ dot, so a bare ``ganpo`` cannot work).
 A misspelt block (``gnapo:``) is refused when the plugin registers, before validation and
 before any model loads; Axolotl would otherwise drop the unknown key and train without it.
 
-Host objects used (nothing of Axolotl is patched): the plugin hooks ``register``,
-``get_input_args``, ``post_model_load``, ``post_trainer_create`` and ``post_train``; the
-trainer Axolotl builds is handed to :func:`ganpo_plugins.attach` (the TRL adapter, whose
-``WRAPPED`` lists what it wraps on that trainer instance).
+Host objects used (no Axolotl module is patched): the plugin hooks ``register``,
+``get_input_args``, ``post_model_load``, ``add_callbacks_post_trainer``, ``post_trainer_create``
+and ``post_train``; the trainer Axolotl builds is handed to :func:`ganpo_plugins.attach` (the TRL
+adapter, whose ``WRAPPED`` lists what it wraps on that trainer instance). One process-wide object
+is wrapped: Axolotl's SIGINT handler (which saves the model with ``save_pretrained`` and exits) is
+chained when training starts so the regularizer state is written beside that final model; the
+previous handler is restored when training ends.
 """
 
 from __future__ import annotations
 
 import difflib
+import signal
+import threading
 from typing import Any, ClassVar
 
 from axolotl.integrations.base import BasePlugin
+from transformers import TrainerCallback
 
-from ganpo_plugins import GANPOConfig, parse_config
+from ganpo_plugins import RegularizerConfig, parse_config
 
 __all__ = ["GANPOPlugin", "ganpo_enabled"]
 
@@ -93,6 +99,11 @@ class GANPOPlugin(BasePlugin):
         if self.enabled and not self.duplicate:
             self.models.append(model)  # the policy, then (when Axolotl loads one) the reference
 
+    def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list[Any]:
+        if not self.enabled or self.duplicate:
+            return []
+        return [_SaveOnInterrupt(self, cfg.output_dir)]
+
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
         if not self.enabled or self.duplicate:
             return
@@ -108,7 +119,35 @@ class GANPOPlugin(BasePlugin):
             self.attachment.save(cfg.output_dir)
 
 
-def config_from_cfg(cfg: Any) -> GANPOConfig:
+class _SaveOnInterrupt(TrainerCallback):
+    """While training runs, a SIGINT first writes the regularizer state into the output folder,
+    then runs the handler that was installed (Axolotl's: save the model there and exit)."""
+
+    def __init__(self, plugin: GANPOPlugin, output_dir: str) -> None:
+        self.plugin, self.output_dir = plugin, output_dir
+        self.previous: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is threading.main_thread() and args.process_index == 0:
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        attachment = self.plugin.attachment
+        if attachment is not None and attachment.runner is not None:
+            attachment.save(self.output_dir)
+        if callable(self.previous):
+            self.previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
+def config_from_cfg(cfg: Any) -> RegularizerConfig:
     """The validated ``ganpo:`` block of a loaded Axolotl config (defaults when absent)."""
     block = _get(cfg, BLOCK)
     return parse_config(None if block is None else _plain(block))

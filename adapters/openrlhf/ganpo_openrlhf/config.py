@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, SerializeAsAny, model_validator
 
-from ganpo_plugins import GANPOConfig
+from ganpo_plugins import RegularizerConfig
 from ganpo_plugins.apo import APOSettings
 
 __all__ = ["DPOHostCheck", "RMHostCheck"]
@@ -28,7 +28,7 @@ class DPOHostCheck(BaseModel):
     ring_attn_size: int
     ipo_enable: bool
     label_smoothing: float
-    ganpo: GANPOConfig
+    ganpo: SerializeAsAny[RegularizerConfig]
 
     @classmethod
     def from_args(cls, args: Any) -> DPOHostCheck:

@@ -48,9 +48,9 @@ from deepspeed.accelerator import get_accelerator
 from openrlhf.trainer.dpo_trainer import DPOTrainer
 
 from ganpo_plugins import (
-    GANPOConfig,
     LatentBatch,
     PairLogps,
+    RegularizerConfig,
     RegularizerContext,
     RegularizerRunner,
     StepInfo,
@@ -82,7 +82,7 @@ class OpenRLHFAttachment:
         "forward hooks on the decoder bodies of policy and reference": "removed",
     }
 
-    def __init__(self, trainer: Any, config: GANPOConfig) -> None:
+    def __init__(self, trainer: Any, config: RegularizerConfig) -> None:
         self.trainer = trainer
         self.config = config
         self.runner = RegularizerRunner(config, self._context(), trainer.model, trainer.ref_model)

@@ -63,9 +63,9 @@ from torch import Tensor
 from transformers import TrainerCallback
 
 from ganpo_plugins import (
-    GANPOConfig,
     LatentBatch,
     PairLogps,
+    RegularizerConfig,
     RegularizerContext,
     RegularizerRunner,
     StepInfo,
@@ -85,12 +85,12 @@ logger = logging.getLogger(__name__)
 
 
 def attach_regularizer(
-    trainer: Any, config: GANPOConfig | dict[str, Any] | None = None, *, ref_model: Any = None
+    trainer: Any, config: RegularizerConfig | dict[str, Any] | None = None, *, ref_model: Any = None
 ) -> GANPOAttachment:
     """Attach the regularizer described by ``config`` to ``trainer`` and return its handle.
 
     ``trainer``: a ``trl.DPOTrainer`` or ``trl.experimental.cpo.CPOTrainer`` (SimPO), or a
-    subclass (Axolotl's). ``config``: a :class:`~ganpo_plugins.GANPOConfig` or its dict form
+    subclass (Axolotl's). ``config``: a validated config (:func:`ganpo_plugins.parse_config`) or its dict form
     (``None``: the defaults, GANPO as in the paper). ``ref_model``: the frozen reference for
     trainers that run none themselves (see the module docstring).
 
@@ -128,7 +128,7 @@ class GANPOAttachment:
         "forward hooks on the decoder bodies of policy and reference": "removed",
     }
 
-    def __init__(self, trainer: Any, config: GANPOConfig, ref_model: Any = None) -> None:
+    def __init__(self, trainer: Any, config: RegularizerConfig, ref_model: Any = None) -> None:
         self.kind = _trainer_kind(trainer)
         self.trl_version = require_host("trl")
         if getattr(trainer, "_ganpo_attachment", None) is not None:

@@ -30,9 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, SerializeAsAny, ValidationInfo, model_validator
 
-from ganpo_plugins import GANPOConfig, PreferenceLoss
+from ganpo_plugins import PreferenceLoss, RegularizerConfig
 from ganpo_plugins.registry import resolve
 
 __all__ = ["TRL_EQUIVALENTS", "BaseLoss", "TRLSettings"]
@@ -64,7 +64,7 @@ class TRLSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     trainer: Literal["dpo", "cpo"]
-    ganpo: GANPOConfig
+    ganpo: SerializeAsAny[RegularizerConfig]
     loss_type: tuple[str, ...] = _DPO_DEFAULT_LOSS
     loss_weights: tuple[float, ...] | None = None
     simpo_gamma: float | None = None
@@ -112,7 +112,7 @@ class TRLSettings(BaseModel):
         if self.trainer == "cpo" and self.loss_type == ("simpo",) and self.simpo_gamma is None:
             out.append(
                 f"{n('loss_type')}=simpo needs SimPO's target margin γ, which is unset (TRL would fail dividing it by "
-                f"β at the first step); set {n('simpo_gamma')}: 0.5 (the SimPO paper's range is 0.3–1.6)"
+                f"β at the first step); set {n('simpo_gamma')}, e.g. {n('simpo_gamma')}: 0.5"
             )
         pref = self.ganpo.preference_loss
         if pref is None:
@@ -180,7 +180,7 @@ class TRLSettings(BaseModel):
         return BaseLoss(loss=resolve("preference_loss", pref))
 
     @classmethod
-    def from_trainer(cls, trainer: Any, config: GANPOConfig) -> TRLSettings:
+    def from_trainer(cls, trainer: Any, config: RegularizerConfig) -> TRLSettings:
         """Read the settings off a live DPOTrainer or CPOTrainer (raises ValueError on conflicts).
 
         Everything comes from the trainer's public arguments (``trainer.args``), which keep their
