@@ -66,7 +66,10 @@ and its backward (input and weight gradients: 2×) plus the reference's forward,
 
     bound(savage) = bound(mask response) + 10 · C · V · H / (8 · T · F_lm(T))
 
-with C the mean completion tokens per pair (chosen + rejected, end tokens included). Ignored:
+with C the mean completion tokens per pair (chosen + rejected, end tokens included). It does not
+subtract what the dropped host loss saves: the backward of the host's own LM head (4·V·H FLOPs per
+position it projects: every one of the 2·T per pair on CPU, where TRL 1.16 does not compact), so
+it overestimates the savage run's cost. Ignored:
 norms, softmax, embeddings lookups, the discriminators' pooled heads and optimiser steps (all
 O(parameters) or O(positions), tiny next to the matmuls). T is measured (median padded length of
 the policy's inputs); L is the expected longest response (plus its end token) of a random

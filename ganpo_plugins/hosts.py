@@ -67,8 +67,8 @@ HOSTS: dict[str, HostSupport] = {
             "1.9.0",
             "2",
             (("1.9.0", "3.11", "2026-11-29"), ("1.14.1", "3.12", "2026-11-29"), ("1.16.0", "3.11", "2026-11-29")),
-            "DPO, IPO, SimPO (CPO), LoRA, precomputed reference log-probs, every GPO kind, accumulation, "
-            "evaluation, checkpoints and resume, 2-process DDP (1.9)",
+            "DPO, IPO, SimPO (CPO), online DPO, LoRA, precomputed reference log-probs, every GPO kind, "
+            "accumulation, evaluation, checkpoints and resume, 2-process DDP (1.9)",
         ),
         HostSupport(
             "axolotl",

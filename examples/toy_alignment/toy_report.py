@@ -17,6 +17,8 @@ LABELS = {
     ("dpo", "ganpo"): "GANPO (DPO)",
     ("simpo", "base"): "SimPO",
     ("simpo", "ganpo"): "GANPO (SimPO)",
+    ("online_dpo", "base"): "online DPO",
+    ("online_dpo", "ganpo"): "online GANPO (DPO)",
 }
 ORDER = list(LABELS)
 
@@ -65,6 +67,11 @@ def _groups(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return {k: groups[k] for k in ORDER if k in groups}
 
 
+def _methods(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """The preference methods present (not the SFT start point), in :data:`ORDER`."""
+    return list(dict.fromkeys(method for method, _ in groups if method != "sft"))
+
+
 def table(runs: list[dict]) -> str:
     groups = _groups(runs)
     n = len({r["seed"] for r in runs})
@@ -86,7 +93,7 @@ def table(runs: list[dict]) -> str:
     lines += ["", "### GANPO − base, paired by seed (same data order, same sampling draws)", ""]
     lines += ["| method | " + " | ".join(f"Δ reward @ T={t}" for t in TEMPS) + " | seeds where GANPO is higher |"]
     lines += ["|---" * (2 + len(TEMPS)) + "|"]
-    for method in ("dpo", "simpo"):
+    for method in _methods(groups):
         base = {r["seed"]: r for r in groups.get((method, "base"), [])}
         ganpo = {r["seed"]: r for r in groups.get((method, "ganpo"), [])}
         seeds = sorted(base.keys() & ganpo.keys())
@@ -174,7 +181,10 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(out: Path, runs: list[dict]) -> list[str]:
+_TITLES = {"dpo": "DPO family", "simpo": "SimPO family", "online_dpo": "online DPO family"}
+
+
+def plot(out: Path, runs: list[dict], prefix: str = "") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,8 +192,9 @@ def plot(out: Path, runs: list[dict]) -> list[str]:
 
     groups = _groups(runs)
     written = []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, method in zip(axes, ("dpo", "simpo"), strict=True):
+    methods = _methods(groups)
+    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
         for key, style in ((("sft", "sft"), "k:"), ((method, "base"), "C0-o"), ((method, "ganpo"), "C3-s")):
             if key not in groups:
                 continue
@@ -191,21 +202,21 @@ def plot(out: Path, runs: list[dict]) -> list[str]:
             means = [m for m, _ in stats]
             stds = [0.0 if math.isnan(s) else s for _, s in stats]
             ax.errorbar(TEMPS, means, yerr=stds, fmt=style, capsize=4, label=LABELS[key])
-        ax.set_title(f"{method.upper() if method == 'dpo' else 'SimPO'} family")
+        ax.set_title(_TITLES[method])
         ax.set_xlabel("sampling temperature")
         ax.set_xticks(TEMPS)
         ax.grid(alpha=0.3)
         ax.legend()
-    axes[0].set_ylabel("oracle reward (mean ± std over seeds)")
+    axes[0][0].set_ylabel("oracle reward (mean ± std over seeds)")
     fig.suptitle("SFT: one model; its ± is over the seeds' sampling draws only", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "reward_vs_temperature.png", dpi=120)
+    fig.savefig(out / f"{prefix}reward_vs_temperature.png", dpi=120)
     plt.close(fig)
-    written.append("reward_vs_temperature.png")
+    written.append(f"{prefix}reward_vs_temperature.png")
 
     top = TEMPS[-1]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 8))
-    for row_axes, method in zip(axes, ("dpo", "simpo"), strict=True):
+    fig, axes = plt.subplots(len(methods), 2, figsize=(10, 4 * len(methods)), squeeze=False)
+    for row_axes, method in zip(axes, methods, strict=True):
         panels = [
             ((method, "ganpo"), "d_pos", "D+ score (GANPO run)"),
             ((method, "base"), "implicit", "implicit reward (plain run)"),
@@ -223,15 +234,16 @@ def plot(out: Path, runs: list[dict]) -> list[str]:
             ax.set_ylabel("oracle reward")
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "score_vs_oracle.png", dpi=120)
+    fig.savefig(out / f"{prefix}score_vs_oracle.png", dpi=120)
     plt.close(fig)
-    written.append("score_vs_oracle.png")
+    written.append(f"{prefix}score_vs_oracle.png")
     return written
 
 
-def write(out: Path, runs: list[dict], meta: dict) -> None:
+def write(out: Path, runs: list[dict], meta: dict, prefix: str = "") -> None:
+    """``<prefix>results.json``, ``<prefix>results.md`` and the plots (``<prefix>*.png``) into ``out``."""
     out = Path(out)
-    plots = plot(out, runs)
+    plots = plot(out, runs, prefix)
     # Per-sample scores only for the runs the scatter plot shows (the first seed), to keep the file small.
     first = min(r["seed"] for r in runs)
     kept = []
@@ -240,9 +252,9 @@ def write(out: Path, runs: list[dict], meta: dict) -> None:
         kept.append(
             {**run, "scatter": scatter} if run["seed"] == first else {k: v for k, v in run.items() if k != "scatter"}
         )
-    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": kept}, indent=1) + "\n")
+    (out / f"{prefix}results.json").write_text(json.dumps({"meta": meta, "runs": kept}, indent=1) + "\n")
     header = [
-        "# Toy alignment results",
+        f"# Toy alignment results{' (online)' if prefix else ''}",
         "",
         f"Command: `{meta['command']}` — wall time {meta['wall_s'] / 60:.1f} min "
         f"({meta['threads']} torch thread(s)), {meta['pairs']} preference pairs.",
@@ -250,4 +262,4 @@ def write(out: Path, runs: list[dict], meta: dict) -> None:
         "",
     ]
     figures = ["", *[f"![{p}]({p})" for p in plots], ""]
-    (out / "results.md").write_text("\n".join(header) + table(runs) + "\n".join(figures))
+    (out / f"{prefix}results.md").write_text("\n".join(header) + table(runs) + "\n".join(figures))

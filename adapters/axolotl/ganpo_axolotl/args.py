@@ -63,6 +63,7 @@ class GANPOArgs(BaseModel):
                 "context_parallel_size>1 shards each sequence's hidden states across ranks; "
                 "set context_parallel_size: 1"
             )
+        problems.extend(_fsdp_problems(cfg, rl))
         if rl in SUPPORTED_RL:
             try:
                 settings_from_axolotl(cfg, self.ganpo or parse_config(None))
@@ -99,6 +100,32 @@ def settings_from_axolotl(cfg: dict[str, Any], config: RegularizerConfig) -> TRL
             "padding_free": bool(cfg.get("dpo_padding_free")),
         }
     return TRLSettings.model_validate({**fields, "ganpo": config}, context={"names": names})
+
+
+def _fsdp_problems(cfg: dict[str, Any], rl: Any) -> list[str]:
+    """What the plugin cannot run under the configured FSDP. FSDP1 and FSDP2, full fine-tune and
+    LoRA, FULL_ and SHARDED_STATE_DICT are supported (tests/fsdp/test_trl_fsdp.py)."""
+    fsdp_config = cfg.get("fsdp_config")
+    if not (fsdp_config or cfg.get("fsdp")):
+        return []
+    fsdp = fsdp_config.model_dump() if isinstance(fsdp_config, BaseModel) else dict(fsdp_config or {})
+    version = str(cfg.get("fsdp_version") or fsdp.get("fsdp_version") or 1)  # Axolotl's default: 1
+    reference_loaded = not cfg.get("adapter") or bool(cfg.get("rl_adapter_ref_model"))
+    problems = []
+    if rl == "simpo" and fsdp.get("cpu_ram_efficient_loading"):
+        problems.append(
+            "fsdp_config.cpu_ram_efficient_loading=true with rl: simpo: ranks other than 0 load the second model "
+            "Axolotl loads for SimPO, which the plugin runs as the frozen reference, on the meta device (no weights); "
+            "set cpu_ram_efficient_loading: false"
+        )
+    if version == "2" and cfg.get("precompute_ref_log_probs") and reference_loaded:
+        problems.append(
+            "precompute_ref_log_probs=true under fsdp_version 2 with a reference model: TRL's precompute pass "
+            "hashes the sharded reference's weights (DTensor.numpy()) and fails before training; set "
+            "precompute_ref_log_probs: false (with GANPO the reference forward runs anyway, so precomputing saves "
+            "nothing)"
+        )
+    return problems
 
 
 def _value(x: Any) -> Any:

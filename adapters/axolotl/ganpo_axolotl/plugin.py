@@ -29,7 +29,7 @@ from __future__ import annotations
 import difflib
 import signal
 import threading
-from typing import Any, ClassVar
+from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 from transformers import TrainerCallback
@@ -70,16 +70,19 @@ class GANPOPlugin(BasePlugin):
     the same class differently): the first instance works, later ones stay inert.
     """
 
-    _working: ClassVar[GANPOPlugin | None] = None
-
     def __init__(self) -> None:
         super().__init__()
-        self.duplicate = GANPOPlugin._working is not None
-        if not self.duplicate:
-            GANPOPlugin._working = self
         self.enabled = False
         self.models: list[Any] = []
         self.attachment: Any = None
+
+    @property
+    def duplicate(self) -> bool:
+        """Whether another instance, registered first under another name, does the work."""
+        from axolotl.integrations.base import PluginManager
+
+        registered = [p for p in PluginManager.get_instance().plugins.values() if isinstance(p, GANPOPlugin)]
+        return bool(registered) and self is not registered[0] and self in registered
 
     def register(self, cfg: Any) -> None:
         if self.duplicate:

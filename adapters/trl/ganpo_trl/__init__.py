@@ -1,7 +1,9 @@
-"""TRL adapter of ganpo-plugins: attach a latent regularizer to a live ``trl.DPOTrainer`` or
-``trl.experimental.cpo.CPOTrainer`` with one call (see :func:`attach_regularizer`)."""
+"""TRL adapter of ganpo-plugins: attach a latent regularizer to a live ``trl.DPOTrainer``,
+``trl.experimental.cpo.CPOTrainer`` or ``trl.experimental.online_dpo.OnlineDPOTrainer`` with one
+call (see :func:`attach_regularizer`)."""
 
 from .attach import GANPOAttachment, attach_regularizer
+from .online import OnlineDPOAttachment
 from .settings import BaseLoss, TRLSettings
 
-__all__ = ["BaseLoss", "GANPOAttachment", "TRLSettings", "attach_regularizer"]
+__all__ = ["BaseLoss", "GANPOAttachment", "OnlineDPOAttachment", "TRLSettings", "attach_regularizer"]

@@ -77,6 +77,7 @@ from ganpo_plugins.report import announce
 from ganpo_plugins.runner import split_policy_reference
 from ganpo_plugins.taps import find_decoder, hidden_size
 
+from .online import OnlineDPOAttachment, is_online_dpo_trainer
 from .settings import BaseLoss, TRLSettings
 
 __all__ = ["GANPOAttachment", "attach_regularizer"]
@@ -86,11 +87,12 @@ logger = logging.getLogger(__name__)
 
 def attach_regularizer(
     trainer: Any, config: RegularizerConfig | dict[str, Any] | None = None, *, ref_model: Any = None
-) -> GANPOAttachment:
+) -> GANPOAttachment | OnlineDPOAttachment:
     """Attach the regularizer described by ``config`` to ``trainer`` and return its handle.
 
     ``trainer``: a ``trl.DPOTrainer`` or ``trl.experimental.cpo.CPOTrainer`` (SimPO), or a
-    subclass (Axolotl's). ``config``: a validated config (:func:`ganpo_plugins.parse_config`) or its dict form
+    subclass (Axolotl's), or ``trl.experimental.online_dpo.OnlineDPOTrainer`` (:mod:`ganpo_trl.online`).
+    ``config``: a validated config (:func:`ganpo_plugins.parse_config`) or its dict form
     (``None``: the defaults, GANPO as in the paper). ``ref_model``: the frozen reference for
     trainers that run none themselves (see the module docstring).
 
@@ -98,6 +100,8 @@ def attach_regularizer(
     outside the supported TRL range, and ``ValueError`` (naming the settings) for combinations
     the adapter cannot run faithfully or a trainer that already has a regularizer attached.
     """
+    if is_online_dpo_trainer(trainer):
+        return OnlineDPOAttachment(trainer, parse_config(config), ref_model=ref_model)
     return GANPOAttachment(trainer, parse_config(config), ref_model=ref_model)
 
 
@@ -207,6 +211,9 @@ class GANPOAttachment:
             type(trainer).__name__,
         )
         reference = copy.deepcopy(policy).eval()
+        # A host's instance-level forward patch (TRL >= 1.16's fused LM head) closes over the
+        # policy's own bound forward: the copy must run its class's forward, on its own weights.
+        vars(reference).pop("forward", None)
         reference.requires_grad_(False)
         return reference
 
@@ -218,6 +225,7 @@ class GANPOAttachment:
         if self.own_reference:
             models: tuple[Any, ...] = (policy,)
             ref = self.reference
+            _require_weights(ref)
         else:
             ref = trainer.ref_model
             models = (policy,) if ref is None else (policy, ref)
@@ -230,6 +238,7 @@ class GANPOAttachment:
             ref_hidden_size=None if ref is None else hidden_size(ref),
             device=trainer.accelerator.device,
             seed=args.seed,
+            process_group=_data_parallel_group(trainer.accelerator),
         )
         self.runner = RegularizerRunner(self.config, context, *models)
         self.runner.tap.enabled = False  # record only inside the loss (never precompute or generation passes)
@@ -345,26 +354,32 @@ class GANPOAttachment:
 
     @torch.no_grad()
     def _reference_hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Final hidden states of the reference, from its decoder alone (no ``lm_head``, no logits)."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        """Final hidden states of the reference, read from its decoder body during a forward of
+        the whole model with ``logits_to_keep=1`` (one position's logits, not ``[2B, T, V]``).
+
+        The forward goes through the root module, never around it: under FSDP the root's
+        pre-forward is what gathers the parameters it owns (a root-sharded reference, TRL's
+        ``prepare_fsdp``), and calling the decoder alone fails on sharded embeddings."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False, "logits_to_keep": 1}
         # The host's forwards run under the accelerator's autocast (it wraps the prepared models'
-        # forward); the decoder called directly must run under the same precision.
+        # forward); the reference must run at the same precision.
         autocast = self.trainer.accelerator.autocast()
         if self.reference is not None:
             with autocast, _eval_mode(self.reference):
-                return _decoder(self.reference)(**kwargs).last_hidden_state
+                return _decoder_output(self.reference, kwargs)
         from trl.models.utils import disable_gradient_checkpointing
         from trl.trainer.utils import use_adapter
 
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        root = self.trainer.model  # under FSDP the sharded root; the adapter switches on the PEFT model inside
+        model = self.trainer.accelerator.unwrap_model(root)
         adapter = "ref" if "ref" in model.peft_config else None  # TRL's convention for a re-trained adapter
         with (
             autocast,
             use_adapter(model, adapter),
             disable_gradient_checkpointing(model, self.trainer.args.gradient_checkpointing_kwargs),
-            _eval_mode(model),
+            _eval_mode(root),
         ):
-            return _decoder(model)(**kwargs).last_hidden_state
+            return _decoder_output(root, kwargs)
 
     # -- logging, checkpoints -------------------------------------------------------------------
 
@@ -483,6 +498,51 @@ def _decoder(model: Any) -> Any:
             "needs a transformers causal LM"
         )
     return decoder
+
+
+def _decoder_output(model: Any, kwargs: dict[str, Any]) -> Tensor:
+    """Run ``model(**kwargs)`` and return what its decoder body output (``last_hidden_state``)."""
+    captured: list[Tensor] = []
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        hidden = getattr(output, "last_hidden_state", None)
+        captured.append(hidden if isinstance(hidden, Tensor) else output[0])
+
+    handle = _decoder(model).register_forward_hook(hook)
+    try:
+        model(**kwargs)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(
+            f"the reference forward ran its decoder body {len(captured)} times, expected once (is its forward "
+            "patched to call another model's?)"
+        )
+    return captured[0]
+
+
+def _require_weights(reference: Any) -> None:
+    """Refuse a reference whose weights are on the meta device (no forward can run on it)."""
+    if reference is not None and any(p.is_meta for p in reference.parameters()):
+        raise ValueError(
+            "the reference model the adapter runs has no weights on this rank (meta device): FSDP's "
+            "cpu_ram_efficient_loading loads every rank but the first without weights, and a frozen copy of such a "
+            "policy has none either; load the reference (or the policy, when the adapter copies it) with "
+            "cpu_ram_efficient_loading off, or pass ref_model= a model with its weights"
+        )
+
+
+def _data_parallel_group(accelerator: Any) -> Any:
+    """The process group over which the batch differs, for the regularizer's reductions (μ,
+    discriminator gradients, metrics): accelerate's flattened ``dp`` mesh dimension (replicate
+    × shard under HSDP; tensor- and context-parallel ranks see the same data) when the run has
+    a device mesh with data-parallel dimensions, else ``None`` (every rank: DDP, plain FSDP,
+    ZeRO)."""
+    config = getattr(accelerator, "parallelism_config", None)
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    if config is None or mesh is None or not config.dp_dim_names:
+        return None
+    return mesh["dp"].get_group()
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """The TRL host adapter as a ganpo_plugins plugin (entry point ``trl`` in the group
-``ganpo_plugins.hosts``): claims TRL's ``DPOTrainer`` and ``CPOTrainer`` and their subclasses
-(Axolotl's among them) for :func:`ganpo_plugins.attach`."""
+``ganpo_plugins.hosts``): claims TRL's ``DPOTrainer``, ``CPOTrainer`` and ``OnlineDPOTrainer``
+and their subclasses (Axolotl's among them) for :func:`ganpo_plugins.attach`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from typing import Any
 
 from ganpo_plugins import hookimpl
 
+_CLAIMED = ("DPOTrainer", "CPOTrainer", "OnlineDPOTrainer")
+
 
 def _is_trl_preference_trainer(trainer: Any) -> bool:
     # Decided from the class hierarchy's module names, so a process without TRL never imports it.
-    return any(
-        cls.__module__.startswith("trl.") and cls.__name__ in ("DPOTrainer", "CPOTrainer")
-        for cls in type(trainer).__mro__
-    )
+    return any(cls.__module__.startswith("trl.") and cls.__name__ in _CLAIMED for cls in type(trainer).__mro__)
 
 
 @hookimpl
