@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from toy_task import EOS, build_tokenizer, demonstration, make_prompt, oracle_reward, target
 
+from ganpo_plugins.score import SavedDiscriminators, pearson, score_hidden_states
+
 
 @dataclass(frozen=True)
 class Sizes:
@@ -323,16 +325,6 @@ def _response_stats(model, ids: Tensor, attn: Tensor, rmask: Tensor) -> tuple[Te
     return (token_logps * mask).sum(1), (entropy * mask).sum(1), out.hidden_states[-1]
 
 
-def pearson(x, y) -> float:
-    """Pearson r; NaN when either side is constant."""
-    import numpy as np
-
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 TEMPERATURES = (0.5, 1.0, 1.5)
 
 
@@ -347,8 +339,6 @@ def evaluate(policy, ref, tokenizer, sizes: Sizes, seed: int, method: str | None
     The prompts are the same for every run; the sampling seed depends on ``seed`` only, so the plain and
     the GANPO arm of a seed are scored on the same random draws.
     """
-    from ganpo_plugins.discriminators import compact_positions
-
     rng = random.Random(20_000)
     prompts = [make_prompt(rng) for _ in range(sizes.eval_prompts)] * sizes.eval_samples
     result: dict = {}
@@ -376,13 +366,12 @@ def evaluate(policy, ref, tokenizer, sizes: Sizes, seed: int, method: str | None
         result["r_implicit"] = pearson(implicit, rewards)
         result["scatter"]["implicit"] = implicit.tolist()
     if attachment is not None:
-        discs = _discriminators(attachment)
-        was_training = discs.training
-        discs.eval()
-        h, m = compact_positions(hidden.float(), rmask & attn, 32)
-        for side, key in (("pos", "d_pos"), ("neg", "d_neg")):
-            scores = discs[side](h, m)
+        # The same scoring `python -m ganpo_plugins.score` runs on a saved run, here on the live one.
+        saved = SavedDiscriminators(_discriminators(attachment), attachment.runner.config)
+        was_training = saved.discriminators.training
+        saved.discriminators.eval()
+        for key, scores in score_hidden_states(saved, hidden, rmask & attn).items():
             result[f"r_{key}"] = pearson(scores, rewards)
-            result["scatter"][key] = scores.tolist()
-        discs.train(was_training)
+            result["scatter"][key] = scores
+        saved.discriminators.train(was_training)
     return result

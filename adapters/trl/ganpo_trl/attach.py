@@ -36,8 +36,9 @@ trainer's adapter-disabled forward of the same model (the same hook fires twice)
 
 Where the trainer runs no reference forward — SimPO/CPO, and DPO with
 ``precompute_ref_log_probs`` — the adapter runs one itself: a no-grad forward of the
-reference's decoder (``get_decoder()``, without ``lm_head``, so no ``[2B, T, V]`` logits), in
-eval mode so it draws nothing from the host's RNG. Cost: one inference forward of the model's
+reference model through its root module (so FSDP's unshard runs) with ``logits_to_keep=1`` (no
+``[2B, T, V]`` logits), the hidden states read from its decoder body, in eval mode so it draws
+nothing from the host's RNG. Cost: one inference forward of the model's
 body per micro-batch, about a third of a training step's policy forward+backward. The
 reference is ``ref_model=`` if given, else the trainer's ``ref_model``, else the PEFT policy
 with its adapters disabled, else a frozen copy of the policy taken at attach time (one more
