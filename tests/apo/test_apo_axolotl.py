@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 # "axolotl.cli", not "axolotl": from tests/, the folder tests/host_axolotl passes for a namespace package
-pytest.importorskip("axolotl.cli", reason="needs Axolotl 0.19.0: tox -e axolotl")
+pytest.importorskip("axolotl.cli", reason="needs Axolotl: tox -e axolotl-oldest")
 
 import yaml
 from ganpo_axolotl.apo import APOArgs

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("trl.trainer", reason="needs TRL 1.9.0: tox -e axolotl")
+pytest.importorskip("trl.trainer", reason="needs TRL: tox -e trl-oldest / axolotl-oldest")
 
 import torch
 from safetensors.torch import load_file

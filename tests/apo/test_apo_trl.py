@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 # "trl.trainer", not "trl": from tests/, the folder tests/host_trl would pass for a namespace package named trl
-pytest.importorskip("trl.trainer", reason="needs TRL 1.9.0: tox -e axolotl")
+pytest.importorskip("trl.trainer", reason="needs TRL: tox -e trl-oldest / axolotl-oldest")
 
 import torch
 from datasets import Dataset

@@ -1,4 +1,4 @@
-"""Smoke test of ``benchmarks/host_overhead.py --tiny`` through the real Axolotl CLI (``tox -e axolotl``).
+"""Smoke test of ``benchmarks/host_overhead.py --tiny`` through the real Axolotl CLI (``tox -e axolotl-oldest``).
 
 Runs the whole benchmark at a tiny size (four real ``python -m axolotl.cli.train`` runs: plain
 DPO, GANPO with mask response, GANPO with mask none, GANPO with ``preference_loss: savage``)
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("axolotl.cli", reason="needs Axolotl 0.19.0: tox -e axolotl")
+pytest.importorskip("axolotl.cli", reason="needs Axolotl: tox -e axolotl-oldest")
 
 pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("axolotl.cli", reason="needs Axolotl 0.19.0: tox -e axolotl")
+pytest.importorskip("axolotl.cli", reason="needs Axolotl: tox -e axolotl-oldest")
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,5 @@
-"""OpenRLHF host tests (``tox -e openrlhf``); each module skips itself where OpenRLHF is not installed."""
+"""OpenRLHF host tests (``tox -e openrlhf-oldest`` / ``openrlhf-newest``); each module skips itself where
+OpenRLHF is not installed."""
 
 from __future__ import annotations
 

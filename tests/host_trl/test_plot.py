@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("matplotlib", reason="the plot needs matplotlib: tox -e axolotl")
+pytest.importorskip("matplotlib", reason="the plot needs matplotlib: tox -e trl-oldest")
 
 from ganpo_plugins.plot import main, plot_run, read_run
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("transformers", reason="needs transformers: tox -e axolotl")
+pytest.importorskip("transformers", reason="needs transformers: tox -e trl-oldest")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-pytest.importorskip("trl.trainer", reason="needs TRL 1.9: tox -e axolotl")
+pytest.importorskip("trl.trainer", reason="needs TRL: tox -e trl-oldest / trl-newest")
 
 from datasets import Dataset
 from ganpo_trl import TRLSettings, attach_regularizer

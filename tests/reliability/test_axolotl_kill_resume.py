@@ -18,7 +18,7 @@ import pytest
 import torch
 from state_equality import assert_states_equal
 
-pytest.importorskip("axolotl.cli", reason="needs Axolotl 0.19.0: tox -e axolotl")
+pytest.importorskip("axolotl.cli", reason="needs Axolotl: tox -e axolotl-oldest")
 
 import yaml
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from state_equality import assert_states_equal
 
-pytest.importorskip("trl.trainer", reason="needs TRL 1.9: tox -e axolotl")
+pytest.importorskip("trl.trainer", reason="needs TRL: tox -e trl-oldest / trl-newest")
 pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
