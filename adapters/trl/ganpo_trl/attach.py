@@ -55,31 +55,27 @@ import contextlib
 import copy
 import inspect
 import logging
-import os
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from transformers import TrainerCallback
 
 from ganpo_plugins import (
     LatentBatch,
     PairLogps,
     RegularizerConfig,
-    RegularizerContext,
-    RegularizerRunner,
     StepInfo,
     parse_config,
 )
-from ganpo_plugins.hosts import require_host
 from ganpo_plugins.logprobs import LogitHead, completion_logps
 from ganpo_plugins.report import announce
 from ganpo_plugins.runner import split_policy_reference
-from ganpo_plugins.taps import find_decoder, hidden_size
+from ganpo_plugins.taps import find_decoder
 
 from .online import OnlineDPOAttachment, is_online_dpo_trainer
 from .settings import BaseLoss, TRLSettings
+from .trainer_attachment import TrainerAttachment
 
 __all__ = ["GANPOAttachment", "attach_regularizer"]
 
@@ -106,15 +102,7 @@ def attach_regularizer(
     return GANPOAttachment(trainer, parse_config(config), ref_model=ref_model)
 
 
-class _BuildCallback(TrainerCallback):
-    def __init__(self, attachment: GANPOAttachment) -> None:
-        self.attachment = attachment
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.attachment._build(args, state)
-
-
-class GANPOAttachment:
+class GANPOAttachment(TrainerAttachment):
     """A regularizer attached to one TRL trainer.
 
     ``runner`` is ``None`` until training begins (evaluation before that runs without the
@@ -125,28 +113,16 @@ class GANPOAttachment:
     #: Every host object the attachment changes, and how ``detach()`` undoes it.
     WRAPPED: ClassVar[dict[str, str]] = {
         "trainer._compute_loss (DPO) / trainer.get_batch_loss_metrics (CPO)": "instance attribute removed",
-        "trainer.log, trainer.evaluation_loop, trainer.save_model": "instance attributes removed",
-        "trainer._load_optimizer_and_scheduler": "instance attribute removed",
+        "trainer.evaluation_loop": "instance attribute removed",
         "trainer.loss_types, trainer.loss_weights (only for a TRL-computed GPO kind)": "previous values restored",
-        "trainer callbacks: one build callback": "removed",
-        "trainer._ganpo_attachment (marks the trainer as attached)": "removed",
-        "forward hooks on the decoder bodies of policy and reference": "removed",
+        **TrainerAttachment.SHARED_WRAPPED,
     }
 
     def __init__(self, trainer: Any, config: RegularizerConfig, ref_model: Any = None) -> None:
         self.kind = _trainer_kind(trainer)
-        self.trl_version = require_host("trl")
-        if getattr(trainer, "_ganpo_attachment", None) is not None:
-            raise ValueError(
-                f"a regularizer is already attached to this {type(trainer).__name__}; attaching a second one would "
-                "add its term twice: call detach() on the first handle before attaching again"
-            )
-        self.trainer = trainer
-        self.config = config
+        super().__init__(trainer, config)
         self.settings = TRLSettings.from_trainer(trainer, config)
         self.base: BaseLoss = self.settings.base_loss()
-        self.runner: RegularizerRunner | None = None
-        self._resume_dir: str | None = None
         # Where the reference hidden states come from.
         self.own_reference = self.kind == "cpo" or bool(getattr(trainer.args, "precompute_ref_log_probs", False))
         if ref_model is not None and not self.own_reference:
@@ -160,28 +136,13 @@ class GANPOAttachment:
         if self.base.trl_loss_type is not None and self.kind == "dpo":
             self._saved_loss_types = (trainer.loss_types, trainer.loss_weights)
             trainer.loss_types, trainer.loss_weights = [self.base.trl_loss_type], [1.0]
-        self._originals: dict[str, Callable[..., Any]] = {}
         loss_method = "_compute_loss" if self.kind == "dpo" else "get_batch_loss_metrics"
-        wrappers = {
-            loss_method: self._wrap_dpo_loss if self.kind == "dpo" else self._wrap_cpo_loss,
-            "log": self._wrap_log,
-            "evaluation_loop": self._wrap_evaluation_loop,
-            "save_model": self._wrap_save_model,
-            "_load_optimizer_and_scheduler": self._wrap_load_optimizer,
-        }
-        missing = [name for name in wrappers if not callable(getattr(trainer, name, None))]
-        if missing:
-            raise TypeError(
-                f"trl {self.trl_version}: {type(trainer).__name__} has no {', '.join(missing)}, which the ganpo TRL "
-                "adapter wraps; this TRL version changed its trainer (see `python -m ganpo_plugins doctor` for the "
-                "tested versions)"
-            )
-        for name, make in wrappers.items():
-            self._originals[name] = getattr(trainer, name)
-            setattr(trainer, name, make(self._originals[name]))
-        self._callback = _BuildCallback(self)
-        trainer.add_callback(self._callback)
-        trainer._ganpo_attachment = self
+        self._install(
+            {
+                loss_method: self._wrap_dpo_loss if self.kind == "dpo" else self._wrap_cpo_loss,
+                "evaluation_loop": self._wrap_evaluation_loop,
+            }
+        )
         announce(
             f"ganpo: {config.regularizer} regularizer ON (weight λ={config.weight}) in {type(trainer).__name__} "
             f"(trl {self.trl_version}); base loss: {self._describe_base_loss()}; hidden states: the decoder's "
@@ -230,21 +191,7 @@ class GANPOAttachment:
         else:
             ref = trainer.ref_model
             models = (policy,) if ref is None else (policy, ref)
-        context = RegularizerContext(
-            hidden_size=hidden_size(policy),
-            policy_lr=args.learning_rate,
-            total_steps=state.max_steps,
-            warmup_steps=args.get_warmup_steps(state.max_steps),
-            accumulation_steps=args.gradient_accumulation_steps,
-            ref_hidden_size=None if ref is None else hidden_size(ref),
-            device=trainer.accelerator.device,
-            seed=args.seed,
-            process_group=_data_parallel_group(trainer.accelerator),
-        )
-        self.runner = RegularizerRunner(self.config, context, *models)
-        self.runner.tap.enabled = False  # record only inside the loss (never precompute or generation passes)
-        if self._resume_dir is not None:
-            self.runner.load(self._resume_dir)
+        self._start(args, state, *models, ref=ref)
 
     # -- the loss -----------------------------------------------------------------------------
 
@@ -384,14 +331,6 @@ class GANPOAttachment:
 
     # -- logging, checkpoints -------------------------------------------------------------------
 
-    def _wrap_log(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> Any:
-            if self.runner is not None and "loss" in logs:  # a training log (evaluation logs carry eval_loss)
-                logs.update(self.runner.pop_metrics("train", self.trainer.state.global_step))
-            return original(logs, *args, **kwargs)
-
-        return log
-
     def _wrap_evaluation_loop(self, original: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(original)
 
@@ -405,48 +344,12 @@ class GANPOAttachment:
 
         return evaluation_loop
 
-    def _wrap_save_model(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def save_model(output_dir: str | None = None, *args: Any, **kwargs: Any) -> Any:
-            # Written first: a checkpoint folder never holds a model without its regularizer state.
-            if self.runner is not None:
-                self.runner.save(output_dir or self.trainer.args.output_dir)
-            return original(output_dir, *args, **kwargs)
-
-        return save_model
-
-    def _wrap_load_optimizer(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def _load_optimizer_and_scheduler(checkpoint: str | None) -> Any:
-            result = original(checkpoint)
-            if checkpoint is not None:
-                self._resume_dir = os.fspath(checkpoint)
-                if self.runner is not None:
-                    self.runner.load(self._resume_dir)
-            return result
-
-        return _load_optimizer_and_scheduler
-
-    # -- public --------------------------------------------------------------------------------
-
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write the regularizer state into ``directory`` (what every checkpoint gets)."""
-        if self.runner is None:
-            raise RuntimeError("the regularizer is built when training begins; nothing to save yet")
-        self.runner.save(directory)
-
     def detach(self) -> None:
         """Undo everything in :attr:`WRAPPED`: the trainer is as it was before the attach."""
-        trainer = self.trainer
-        for name in self._originals:
-            trainer.__dict__.pop(name, None)
-        self._originals.clear()
         if self._saved_loss_types is not None:
-            trainer.loss_types, trainer.loss_weights = self._saved_loss_types
+            self.trainer.loss_types, self.trainer.loss_weights = self._saved_loss_types
             self._saved_loss_types = None
-        trainer.remove_callback(self._callback)
-        if trainer.__dict__.get("_ganpo_attachment") is self:
-            del trainer._ganpo_attachment
-        if self.runner is not None:
-            self.runner.close()
+        super().detach()
 
     def _describe_base_loss(self) -> str:
         if self.base.loss is not None:
@@ -531,19 +434,6 @@ def _require_weights(reference: Any) -> None:
             "policy has none either; load the reference (or the policy, when the adapter copies it) with "
             "cpu_ram_efficient_loading off, or pass ref_model= a model with its weights"
         )
-
-
-def _data_parallel_group(accelerator: Any) -> Any:
-    """The process group over which the batch differs, for the regularizer's reductions (μ,
-    discriminator gradients, metrics): accelerate's flattened ``dp`` mesh dimension (replicate
-    × shard under HSDP; tensor- and context-parallel ranks see the same data) when the run has
-    a device mesh with data-parallel dimensions, else ``None`` (every rank: DDP, plain FSDP,
-    ZeRO)."""
-    config = getattr(accelerator, "parallelism_config", None)
-    mesh = getattr(accelerator, "torch_device_mesh", None)
-    if config is None or mesh is None or not config.dp_dim_names:
-        return None
-    return mesh["dp"].get_group()
 
 
 @contextlib.contextmanager

@@ -29,8 +29,8 @@ there is no ``compute_loss`` to wrap. The attachment therefore wraps, on the tra
   TRL's loss, or the configured ``preference_loss`` computed from the kept log-probabilities)
   before calling the accelerator's own ``backward``; the step returns that loss (so the logged
   ``loss`` includes the term);
-- ``log``, ``save_model``, ``_load_optimizer_and_scheduler`` and a build callback, exactly as
-  the offline adapter (:mod:`ganpo_trl.attach`) does.
+- ``log``, ``save_model``, ``_load_optimizer_and_scheduler`` and a build callback, shared with
+  the offline adapter (:class:`ganpo_trl.trainer_attachment.TrainerAttachment`).
 
 Every wrapped object is listed in :attr:`OnlineDPOAttachment.WRAPPED`; ``detach()`` undoes them.
 Discriminators step at accumulation boundaries (``accelerator.sync_gradients``). Evaluation
@@ -40,29 +40,25 @@ runs without the term: online DPO's evaluation has no preference pairs to regula
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from transformers import TrainerCallback
 
 from ganpo_plugins import (
     LatentBatch,
     PairLogps,
     PreferenceLoss,
     RegularizerConfig,
-    RegularizerContext,
-    RegularizerRunner,
     StepInfo,
 )
-from ganpo_plugins.hosts import require_host
 from ganpo_plugins.registry import resolve
 from ganpo_plugins.report import announce
 from ganpo_plugins.runner import split_policy_reference
-from ganpo_plugins.taps import hidden_size
+
+from .trainer_attachment import TrainerAttachment
 
 __all__ = ["OnlineDPOAttachment", "is_online_dpo_trainer"]
 
@@ -90,17 +86,7 @@ class _Forward:
     completion: Tensor
 
 
-class _BuildCallback(TrainerCallback):
-    """Builds the regularizer when training begins (the number of optimiser steps is known)."""
-
-    def __init__(self, attachment: OnlineDPOAttachment) -> None:
-        self.attachment = attachment
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.attachment._build(args, state)
-
-
-class OnlineDPOAttachment:
+class OnlineDPOAttachment(TrainerAttachment):
     """A regularizer attached to one ``OnlineDPOTrainer`` (the public shape of
     :class:`~ganpo_trl.attach.GANPOAttachment`: ``runner``, :attr:`WRAPPED`, ``save``, ``detach``).
 
@@ -113,14 +99,10 @@ class OnlineDPOAttachment:
         "removed",
         "trainer.accelerator.backward (only while a training step runs)": "instance attribute removed (or the "
         "previous one restored) when the step ends",
-        "trainer.log, trainer.save_model, trainer._load_optimizer_and_scheduler": "instance attributes removed",
-        "trainer callbacks: one build callback": "removed",
-        "trainer._ganpo_attachment (marks the trainer as attached)": "removed",
-        "forward hooks on the decoder bodies of policy and reference": "removed",
+        **TrainerAttachment.SHARED_WRAPPED,
     }
 
     def __init__(self, trainer: Any, config: RegularizerConfig, ref_model: Any = None) -> None:
-        self.trl_version = require_host("trl")
         if not is_online_dpo_trainer(trainer):
             raise TypeError(f"OnlineDPOAttachment needs a trl OnlineDPOTrainer, got {type(trainer).__name__}")
         if ref_model is not None:
@@ -129,42 +111,19 @@ class OnlineDPOAttachment:
                 "ref_model, or the adapter-disabled policy), whose hidden states the regularizer uses: pass the "
                 "reference to the trainer instead"
             )
-        if getattr(trainer, "_ganpo_attachment", None) is not None:
-            raise ValueError(
-                f"a regularizer is already attached to this {type(trainer).__name__}; attaching a second one would "
-                "add its term twice: call detach() on the first handle before attaching again"
-            )
-        self.trainer = trainer
-        self.config = config
+        super().__init__(trainer, config)
         self.base: PreferenceLoss | None = _base_loss(trainer.args.loss_type, config)
-        self.runner: RegularizerRunner | None = None
-        self._resume_dir: str | None = None
         self._in_step = False
         self._forwards: list[_Forward] = []
         self._rewards: Tensor | None = None
         self._step_loss: Tensor | None = None
-        self._originals: dict[str, Callable[..., Any]] = {}
-        wrappers = {
-            "_forward": self._wrap_forward,
-            "_calculate_rewards_from_functions": self._wrap_rewards,
-            "training_step": self._wrap_training_step,
-            "log": self._wrap_log,
-            "save_model": self._wrap_save_model,
-            "_load_optimizer_and_scheduler": self._wrap_load_optimizer,
-        }
-        missing = [name for name in wrappers if not callable(getattr(trainer, name, None))]
-        if missing:
-            raise TypeError(
-                f"trl {self.trl_version}: {type(trainer).__name__} has no {', '.join(missing)}, which the ganpo TRL "
-                "adapter wraps; this TRL version changed its online DPO trainer (see `python -m ganpo_plugins "
-                "doctor` for the tested versions)"
-            )
-        for name, make in wrappers.items():
-            self._originals[name] = getattr(trainer, name)
-            setattr(trainer, name, make(self._originals[name]))
-        self._callback = _BuildCallback(self)
-        trainer.add_callback(self._callback)
-        trainer._ganpo_attachment = self
+        self._install(
+            {
+                "_forward": self._wrap_forward,
+                "_calculate_rewards_from_functions": self._wrap_rewards,
+                "training_step": self._wrap_training_step,
+            }
+        )
         base = (
             f"{self.base.name} (computed by ganpo_plugins from the trainer's completion log-probabilities)"
             if self.base is not None
@@ -182,22 +141,8 @@ class OnlineDPOAttachment:
     def _build(self, args: Any, state: Any) -> None:
         if self.runner is not None:
             return
-        trainer = self.trainer
-        policy, ref = trainer.model, trainer.ref_model
-        context = RegularizerContext(
-            hidden_size=hidden_size(policy),
-            policy_lr=args.learning_rate,
-            total_steps=state.max_steps,
-            warmup_steps=args.get_warmup_steps(state.max_steps),
-            accumulation_steps=args.gradient_accumulation_steps,
-            ref_hidden_size=None if ref is None else hidden_size(ref),
-            device=trainer.accelerator.device,
-            seed=args.seed,
-        )
-        self.runner = RegularizerRunner(self.config, context, *((policy,) if ref is None else (policy, ref)))
-        self.runner.tap.enabled = False  # on only inside the step's policy and reference forwards
-        if self._resume_dir is not None:
-            self.runner.load(self._resume_dir)
+        policy, ref = self.trainer.model, self.trainer.ref_model
+        self._start(args, state, *((policy,) if ref is None else (policy, ref)), ref=ref)
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -329,55 +274,6 @@ class OnlineDPOAttachment:
         chosen_len, rejected_len = mask.sum(1).chunk(2)
         pair = PairLogps(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_len, rejected_len)
         return self.base(pair, self.trainer.beta, self.config.simpo_gamma).mean()
-
-    # -- logging, checkpoints -------------------------------------------------------------------
-
-    def _wrap_log(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> Any:
-            if self.runner is not None and "loss" in logs:
-                logs.update(self.runner.pop_metrics("train", self.trainer.state.global_step))
-            return original(logs, *args, **kwargs)
-
-        return log
-
-    def _wrap_save_model(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def save_model(output_dir: str | None = None, *args: Any, **kwargs: Any) -> Any:
-            if self.runner is not None:  # first: a checkpoint never holds a model without this state
-                self.runner.save(output_dir or self.trainer.args.output_dir)
-            return original(output_dir, *args, **kwargs)
-
-        return save_model
-
-    def _wrap_load_optimizer(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def _load_optimizer_and_scheduler(checkpoint: str | None) -> Any:
-            result = original(checkpoint)
-            if checkpoint is not None:
-                self._resume_dir = os.fspath(checkpoint)
-                if self.runner is not None:
-                    self.runner.load(self._resume_dir)
-            return result
-
-        return _load_optimizer_and_scheduler
-
-    # -- public --------------------------------------------------------------------------------
-
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write the regularizer state into ``directory`` (what every checkpoint gets)."""
-        if self.runner is None:
-            raise RuntimeError("the regularizer is built when training begins; nothing to save yet")
-        self.runner.save(directory)
-
-    def detach(self) -> None:
-        """Undo everything in :attr:`WRAPPED`: the trainer is as it was before the attach."""
-        trainer = self.trainer
-        for name in self._originals:
-            trainer.__dict__.pop(name, None)
-        self._originals.clear()
-        trainer.remove_callback(self._callback)
-        if trainer.__dict__.get("_ganpo_attachment") is self:
-            del trainer._ganpo_attachment
-        if self.runner is not None:
-            self.runner.close()
 
 
 def _chosen_then_rejected(first_wins: Tensor) -> Tensor:
