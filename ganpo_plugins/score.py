@@ -111,10 +111,10 @@ def score_hidden_states(saved: SavedDiscriminators, hidden: Tensor, mask: Tensor
     return out
 
 
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+def pearson(x: Sequence[float] | Tensor, y: Sequence[float] | Tensor) -> float:
     """Pearson r ``Σ(x−x̄)(y−ȳ) / √(Σ(x−x̄)² Σ(y−ȳ)²)``; NaN when either side is constant."""
-    a = torch.tensor(x, dtype=torch.float64)
-    b = torch.tensor(y, dtype=torch.float64)
+    a = torch.as_tensor(x, dtype=torch.float64)
+    b = torch.as_tensor(y, dtype=torch.float64)
     a, b = a - a.mean(), b - b.mean()
     denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
     return float((a * b).sum()) / denominator if denominator > 0 else math.nan
