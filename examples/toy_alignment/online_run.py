@@ -61,25 +61,13 @@ def train_online(ganpo: bool, sft_dir: Path, sizes: tp.Sizes, online: Online, se
     rng = random.Random(40_000)  # the same training prompts for every run; the seed shuffles them
     prompts = Dataset.from_dict({"prompt": [make_prompt(rng) for _ in range(online.steps * online.prompts_per_step)]})
     args = OnlineDPOConfig(
-        output_dir=str(work),
+        **tp.shared_trainer_args(work, seed),
         per_device_train_batch_size=online.prompts_per_step,
         max_steps=online.steps,
         learning_rate=online.lr,
         beta=online.beta,
         temperature=online.temperature,
         max_new_tokens=tp.MAX_NEW_TOKENS,
-        max_length=32,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.1,
-        logging_steps=5,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
     trainer = OnlineDPOTrainer(
         policy, reward_funcs=oracle, args=args, train_dataset=prompts, processing_class=tokenizer
@@ -118,18 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-
-    def log(msg: str) -> None:
-        print(f"[{time.time() - start:7.1f}s] {msg}", flush=True)
-
-    import datasets
+    log = run.clock_logger(start)
+    run.quiet_libraries()
     import transformers
     import trl
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
 
     sft_dir, _ = run.sft_and_pairs(sizes, args.cache, log)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(sft_dir)

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -69,6 +70,25 @@ def sft_and_pairs(sizes: tp.Sizes, cache: Path, log) -> tuple[Path, list[dict[st
     return sft_dir, pairs
 
 
+def clock_logger(start: float) -> Callable[[str], None]:
+    """``log(msg)``: print ``msg`` with the seconds since ``start`` (a ``time.time()``), flushed."""
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - start:7.1f}s] {msg}", flush=True)
+
+    return log
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info lines from datasets and transformers: the study prints its own."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where results and plots go")
@@ -93,18 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     cache: Path = args.cache
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-
-    def log(msg: str) -> None:
-        print(f"[{time.time() - start:7.1f}s] {msg}", flush=True)
-
-    import datasets
+    log = clock_logger(start)
+    quiet_libraries()
     import transformers
     import trl
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
 
     sft_dir, pairs = sft_and_pairs(sizes, cache, log)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(sft_dir)

@@ -225,6 +225,26 @@ DPO_BETA = 0.1
 SIMPO_BETA, SIMPO_GAMMA = 2.0, 1.0
 
 
+def shared_trainer_args(work, seed: int) -> dict:
+    """The trainer settings every arm of the toy studies shares, offline and online: CPU, fp32,
+    cosine schedule with 10 % warm-up, no checkpoints, quiet, seeded."""
+    return dict(
+        output_dir=str(work),
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        seed=seed,
+        data_seed=seed,
+        max_length=32,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
 def train_preference(method: str, ganpo: bool, sft_dir, pairs: list[dict[str, str]], sizes: Sizes, seed: int, work):
     """Train one arm with the real TRL trainer; returns ``(policy, trainer, attachment)``.
 
@@ -240,22 +260,10 @@ def train_preference(method: str, ganpo: bool, sft_dir, pairs: list[dict[str, st
     ref = AutoModelForCausalLM.from_pretrained(sft_dir).eval()  # DPO's reference; GANPO's h_r under SimPO
     data = Dataset.from_list(pairs)
     common = dict(
-        output_dir=str(work),
+        **shared_trainer_args(work, seed),
         per_device_train_batch_size=sizes.batch,
         num_train_epochs=sizes.epochs,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.1,
-        logging_steps=5,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        seed=seed,
-        data_seed=seed,
-        max_length=32,
         gradient_checkpointing=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer

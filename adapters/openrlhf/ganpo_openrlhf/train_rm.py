@@ -1,7 +1,7 @@
 """``python -m ganpo_openrlhf.train_rm``: OpenRLHF's reward-model CLI with the APO loss.
 
 Takes every ``openrlhf.cli.train_rm`` flag unchanged plus ``--apo.c_human``, ``--apo.c_apo`` and
-``--apo.samples_per_prompt`` (defaults 1, 0.1, 4: METHODS.md §3). The dataset rows carry
+``--apo.samples_per_prompt`` (defaults 1, 0.1, 4: docs/methods.md, APO). The dataset rows carry
 ``"is_apo": true`` for APO pairs (chosen = golden response, rejected = an LLM sample) and
 ``false`` (or nothing) for human pairs. Launch it as OpenRLHF's examples launch their CLI::
 

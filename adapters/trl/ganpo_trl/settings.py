@@ -19,7 +19,7 @@ Base preference loss (``ganpo.preference_loss``):
   ``savage``, ``simpo``, plugins' losses): computed by :mod:`ganpo_plugins.preference` from
   the log-probabilities the trainer itself computed.
 
-``squared`` is METHODS.md's ``(βρ − 1)²`` on summed log-probabilities. TRL's ``ipo``,
+``squared`` is docs/methods.md's ``(βρ − 1)²`` on summed log-probabilities. TRL's ``ipo``,
 ``(ρ̄ − 1/(2β))²`` on per-token-averaged log-ratios, is a different function of ``ρ`` and β,
 so it is never substituted for ``squared``; it stays available as the host's own loss
 (``loss_type=["ipo"]``, Axolotl ``rl: ipo``) with ``preference_loss`` unset.

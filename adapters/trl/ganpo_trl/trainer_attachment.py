@@ -6,6 +6,7 @@ restored on resume. A subclass adds the wrappers of its trainer's loss path."""
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -30,7 +31,7 @@ class _BuildCallback(TrainerCallback):
         self.attachment._build(args, state)
 
 
-class TrainerAttachment:
+class TrainerAttachment(ABC):
     """A regularizer attached to one TRL trainer instance. ``runner`` is ``None`` until training
     begins. Subclasses call :meth:`_install` with their own wrappers and implement ``_build``."""
 
@@ -79,8 +80,10 @@ class TrainerAttachment:
         trainer.add_callback(self._callback)
         trainer._ganpo_attachment = self
 
+    @abstractmethod
     def _build(self, args: Any, state: Any) -> None:
-        raise NotImplementedError
+        """Build the runner when training begins (the build callback calls this); typically by
+        choosing the tapped models and calling :meth:`_start`."""
 
     def _start(self, args: Any, state: Any, *models: Any, ref: Any = None) -> None:
         """Build the runner over ``models`` (the tapped ones) once training begins; restore the state
