@@ -18,9 +18,18 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "MASK_MODES",
@@ -29,8 +38,10 @@ __all__ = [
     "LearnedConfig",
     "MaskMode",
     "OptimizerConfig",
+    "RegularizerBlock",
     "RegularizerConfig",
     "config_model",
+    "misspelling_of",
     "parse_config",
 ]
 
@@ -142,6 +153,30 @@ class LearnedConfig(RegularizerConfig):
     (:class:`~ganpo_plugins.learned.LearnedRegularizer`)."""
 
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+
+
+def _parse_block(value: Any) -> RegularizerConfig | None:
+    if value is None or isinstance(value, RegularizerConfig):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"ganpo must be a mapping of keys to values, got {type(value).__name__} {value!r}")
+    try:
+        return parse_config(value)
+    except GANPOConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+#: A ``ganpo:`` block as a field of a host's pydantic config model (Axolotl's): parsed into the
+#: named regularizer's config, every error naming the key; re-dumped with the regularizer's own keys.
+RegularizerBlock = Annotated[SerializeAsAny[RegularizerConfig] | None, BeforeValidator(_parse_block)]
+
+
+def misspelling_of(name: str, keys: Any) -> str | None:
+    """A key among ``keys`` that looks like a misspelling of ``name`` (``gnapo``, ``ganpo_`` for ``ganpo``)."""
+    for key in keys:
+        if isinstance(key, str) and key != name and difflib.get_close_matches(key.lower(), [name], cutoff=0.7):
+            return key
+    return None
 
 
 def config_model(factory: Any) -> type[RegularizerConfig]:

@@ -11,14 +11,15 @@ the flag.
 from __future__ import annotations
 
 import json
+import sys
 import types
 import typing
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-__all__ = ["FlagError", "flags_help", "split_flags", "validation_message"]
+__all__ = ["FlagError", "fail", "flags_help", "parse_cli_flags", "split_flags"]
 
 
 class FlagError(ValueError):
@@ -143,5 +144,22 @@ def flags_help(prefix: str, model: type[BaseModel], title: str) -> str:
     return "\n".join(lines)
 
 
-def validation_message(exc: ValidationError) -> str:
-    return "\n".join("  " + str(err["msg"]).removeprefix("Value error, ") for err in exc.errors())
+def fail(message: str, prog: str) -> NoReturn:
+    """Stop like argparse does: the message on stderr, exit status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def parse_cli_flags(
+    argv: Sequence[str], prefix: str, model: type[BaseModel], parse: Callable[..., Any], prog: str, title: str
+) -> tuple[list[str], Any]:
+    """Take the ``prefix.*`` flags out of a host CLI's ``argv`` and validate them with
+    ``parse(values, prefix=prefix)``; return the host's flags and the parsed value. ``-h`` also
+    prints our flags (the host prints its own after); bad flags stop like argparse does."""
+    if "-h" in argv or "--help" in argv:
+        print(flags_help(prefix, model, title))
+    try:
+        host_argv, values = split_flags(argv, prefix, model)
+        return host_argv, parse(values, prefix=prefix)
+    except ValueError as exc:  # FlagError and the config errors name the flag
+        fail(str(exc), prog)

@@ -31,6 +31,13 @@ class PairLogps:
     chosen_lengths: Tensor | None = None
     rejected_lengths: Tensor | None = None
 
+    @classmethod
+    def from_concatenated(cls, policy: Tensor, ref: Tensor | None, lengths: Tensor) -> PairLogps:
+        """From ``[2B]`` log-probabilities and response lengths of a batch laid out as the hosts
+        lay theirs out: every chosen response first, then every rejected one."""
+        ref_pair = (None, None) if ref is None else ref.chunk(2)
+        return cls(*policy.chunk(2), *ref_pair, *lengths.chunk(2))
+
 
 @dataclass(frozen=True)
 class PreferenceLoss:
@@ -44,6 +51,21 @@ class PreferenceLoss:
         if not self.reference_free and (logps.ref_chosen is None or logps.ref_rejected is None):
             raise ValueError(f"preference loss {self.name!r} needs reference log-probabilities")
         return self.fn(logps, beta, gamma)
+
+    def loss_and_rewards(self, logps: PairLogps, beta: float, gamma: float | None = None) -> tuple[Tensor, ...]:
+        """``(loss [B], chosen_rewards [B], rejected_rewards [B])``, the rewards detached: DPO's
+        implicit reward ``β (log π − log π_ref)``, or SimPO's ``β · mean log π`` for a
+        reference-free loss (docs/methods.md)."""
+        loss = self(logps, beta, gamma)
+        if self.reference_free:
+            assert logps.chosen_lengths is not None and logps.rejected_lengths is not None
+            chosen = logps.policy_chosen / logps.chosen_lengths.clamp_min(1)
+            rejected = logps.policy_rejected / logps.rejected_lengths.clamp_min(1)
+        else:
+            assert logps.ref_chosen is not None and logps.ref_rejected is not None
+            chosen = logps.policy_chosen - logps.ref_chosen
+            rejected = logps.policy_rejected - logps.ref_rejected
+        return loss, beta * chosen.detach(), beta * rejected.detach()
 
 
 def _gpo(kind: str) -> PreferenceLoss:

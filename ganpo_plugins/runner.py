@@ -13,13 +13,14 @@ An adapter's loop, whatever the host::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
 import tempfile
 import warnings
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +99,36 @@ class RegularizerRunner:
         self._counts: dict[str, dict[str, int]] = {"train": defaultdict(int), "eval": defaultdict(int)}
         self._warned_nonfinite = False
 
-    def latents(self) -> tuple[Tensor, Tensor]:
-        """Policy and reference hidden states captured since the last call."""
-        return split_policy_reference(self.tap.take())
+    def latents(
+        self, shape: tuple[int, ...] | None = None, reference: Callable[[], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Policy and reference hidden states ``[2B, T, H]`` captured since the last call.
+
+        ``reference``: where the host ran no reference forward, the adapter's own (the tap then
+        holds the policy's only). ``shape``: the ``[2B, T]`` of the batch's input ids, which the
+        hidden states must cover (one per input token)."""
+        records = self.tap.take()
+        if reference is None:
+            policy_h, ref_h = split_policy_reference(records)
+        elif len(records) != 1:
+            raise RuntimeError(
+                f"expected one policy forward per step, captured {len(records)}; the host ran forwards the adapter "
+                "does not know about (separate chosen/rejected forwards are not supported)"
+            )
+        else:
+            policy_h, ref_h = records[0].hidden, reference()
+        if shape is not None and (tuple(policy_h.shape[:2]) != tuple(shape) or tuple(ref_h.shape[:2]) != tuple(shape)):
+            raise RuntimeError(
+                f"hidden states {tuple(policy_h.shape[:2])} (policy) / {tuple(ref_h.shape[:2])} (reference) do not "
+                f"cover the batch {tuple(shape)}: the host packed the sequences or added virtual tokens "
+                "(prompt-learning PEFT); the regularizer needs one hidden state per input token"
+            )
+        return policy_h, ref_h.detach().to(policy_h.device)
 
     def step(self, batch: LatentBatch, info: StepInfo | None) -> Tensor:
         """Run one micro-step and return the weighted term to add to the policy loss.
 
-        ``info`` is ``None`` in evaluation: no update, only the term (call under no_grad).
+        ``info`` is ``None`` in evaluation: no update, only the term (computed without gradient).
         The regularizer sees zeros at the positions its ``mask`` does not select, and a non-finite
         term is replaced by a constant zero (``ganpo/term_skipped``), so whatever a regularizer
         does, no NaN or inf reaches the policy's loss or gradients.
@@ -113,7 +136,8 @@ class RegularizerRunner:
         split = "eval" if info is None else "train"
         batch = _zero_unseen(batch, self.regularizer.mask)
         metrics = {} if info is None else dict(self.regularizer.update(batch, info))
-        out = self.regularizer.policy_term(batch)
+        with torch.no_grad() if info is None else contextlib.nullcontext():
+            out = self.regularizer.policy_term(batch)
         metrics.update(out.metrics)
         loss = out.loss
         if bool(torch.isfinite(loss).all()):

@@ -14,13 +14,25 @@ containers holding the HF model as ``.model`` (OpenRLHF's ``Actor``).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HiddenStateTap", "TapRecord", "find_decoder", "find_output_embeddings", "hidden_size"]
+__all__ = [
+    "HiddenStateTap",
+    "TapRecord",
+    "find_decoder",
+    "find_output_embeddings",
+    "frozen_copy",
+    "hidden_size",
+    "reference_forward",
+    "require_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,18 @@ class HiddenStateTap:
 
         return hook
 
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[list[TapRecord]]:
+        """Record only inside this block (a host that also generates keeps the tap off outside
+        its loss path); yields the list the block's records are appended to."""
+        start, self.enabled = len(self.records), True
+        new: list[TapRecord] = []
+        try:
+            yield new
+        finally:
+            self.enabled = False
+            new.extend(self.records[start:])
+
     def take(self) -> list[TapRecord]:
         """Return the records since the last call and forget them."""
         records, self.records = self.records, []
@@ -151,3 +175,62 @@ class HiddenStateTap:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` in eval mode, running its class's ``forward`` on its own weights
+    (a host's instance-level forward patch, e.g. TRL ≥ 1.16's fused LM head, closes over the
+    original's bound forward and is dropped from the copy)."""
+    copy = deepcopy(model).eval().requires_grad_(False)
+    vars(copy).pop("forward", None)
+    return copy
+
+
+def require_weights(model: nn.Module) -> None:
+    """Refuse a model whose weights are on the meta device (no forward can run on it)."""
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError(
+            "the reference model the adapter runs has no weights on this rank (meta device): FSDP's "
+            "cpu_ram_efficient_loading loads every rank but the first without weights, and a frozen copy of such a "
+            "policy has none either; load the reference (or the policy, when the adapter copies it) with "
+            "cpu_ram_efficient_loading off, or pass ref_model= a model with its weights"
+        )
+
+
+@torch.no_grad()
+def reference_forward(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Final hidden states ``[B, T, H]`` of a no-grad forward of ``model``, read from its decoder body.
+
+    The forward goes through the root module with ``logits_to_keep=1`` (one position's logits, not
+    ``[B, T, V]``), never around it: under FSDP the root's pre-forward gathers the parameters it
+    owns, and calling the decoder alone fails on sharded embeddings. It runs in eval mode, so it
+    draws nothing from the host's random stream (dropout off)."""
+    decoder = find_decoder(model)
+    if decoder is None:
+        raise TypeError(
+            f"{type(model).__name__} exposes no decoder body (get_decoder()); the adapter's reference forward "
+            "needs a transformers causal LM"
+        )
+    captured: list[Tensor] = []
+    handle = decoder.register_forward_hook(lambda module, args, output: captured.append(_last_hidden_state(output)))
+    try:
+        with _eval_mode(model):
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(
+            f"the reference forward ran its decoder body {len(captured)} times, expected once (is its forward "
+            "patched to call another model's?)"
+        )
+    return captured[0]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

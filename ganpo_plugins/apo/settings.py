@@ -7,6 +7,7 @@ TRL reads them from ``APORewardConfig`` (``apo_c_human``, ``apo_c_apo``,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -15,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import _format_error
 
-__all__ = ["APOConfigError", "APOSettings", "parse_apo_settings"]
+__all__ = ["ARGUMENT_PREFIX", "APOConfigError", "APOSettings", "apo_arguments_dataclass", "parse_apo_settings"]
+
+#: The APO fields of a flat training-arguments class are ``apo_<field>`` (``apo_c_apo``).
+ARGUMENT_PREFIX = "apo_"
 
 
 class APOConfigError(ValueError):
@@ -44,6 +48,36 @@ class APOSettings(BaseModel):
         if self.c_human == 0 and self.c_apo == 0:
             raise ValueError("c_human and c_apo are both 0, so the loss is 0: set c_human: 1.0 (the paper's value)")
         return self
+
+    def rm_loss(self, chosen: Any, rejected: Any, is_apo: Any) -> Any:
+        """The APO reward-model loss with these weights (:func:`ganpo_plugins.functional.apo_rm_loss`)."""
+        from ..functional import apo_rm_loss
+
+        return apo_rm_loss(chosen, rejected, is_apo, self.c_human, self.c_apo, self.samples_per_prompt)
+
+    def as_arguments(self) -> dict[str, Any]:
+        """The settings as flat training arguments (``{"apo_c_human": 1.0, ...}``)."""
+        return {ARGUMENT_PREFIX + k: v for k, v in self.model_dump().items()}
+
+    @classmethod
+    def from_arguments(cls, args: Any) -> APOSettings:
+        """The validated settings of a training-arguments object (errors name ``apo_*`` fields)."""
+        values = {name: getattr(args, ARGUMENT_PREFIX + name) for name in cls.model_fields}
+        return parse_apo_settings(values, prefix=ARGUMENT_PREFIX)
+
+
+def apo_arguments_dataclass() -> type:
+    """A dataclass with one ``apo_<field>`` per :class:`APOSettings` field (its default and
+    description): the APO part of a training-arguments class (TRL's, Axolotl's)."""
+    fields = [
+        (
+            ARGUMENT_PREFIX + name,
+            info.annotation,
+            dataclasses.field(default=info.default, metadata={"help": info.description}),
+        )
+        for name, info in APOSettings.model_fields.items()
+    ]
+    return dataclasses.make_dataclass("APOArguments", fields)
 
 
 def parse_apo_settings(data: Mapping[str, Any] | APOSettings | None, prefix: str = "apo") -> APOSettings:

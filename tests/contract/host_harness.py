@@ -157,6 +157,28 @@ class TRLHarness(HostHarness):
         return [entry for entry in run.trainer.state.log_history if "loss" in entry]
 
 
+class TRLCPOHarness(TRLHarness):
+    """TRL's CPOTrainer running SimPO (no reference forward of its own: the adapter runs one, here
+    on the frozen copy of the initial policy it takes at attach time)."""
+
+    def build(self, workdir: Path, spec: Spec) -> Run:
+        from transformers import AutoModelForCausalLM
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        saving = (
+            {"save_strategy": "no"} if spec.save_at is None else {"save_strategy": "steps", "save_steps": spec.save_at}
+        )
+        args = CPOConfig(
+            output_dir=str(workdir / "out"), use_cpu=True, per_device_train_batch_size=1, max_steps=spec.steps,
+            gradient_accumulation_steps=spec.accumulation, logging_steps=1, report_to=[], learning_rate=1e-3,
+            max_length=64, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=0.5, beta=2.0, seed=0, **saving,
+        )  # fmt: skip
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir)
+        return Run(
+            CPOTrainer(model, args=args, train_dataset=self.pairs, processing_class=self.tokenizer), spec, workdir
+        )
+
+
 @dataclass
 class RunnerSpy:
     """What every RegularizerRunner did: the StepInfo of each step, and the regularizer state at

@@ -167,3 +167,25 @@ def test_preference_registry_entries_match_functional() -> None:
         losses["logistic"](PairLogps(torch.zeros(1), torch.zeros(1)), beta=0.1)
     with pytest.raises(ValueError, match="simpo_gamma"):
         losses["simpo"](lp, beta=2.0)
+
+
+def test_pair_from_concatenated_takes_chosen_first_then_rejected() -> None:
+    pair = PairLogps.from_concatenated(torch.tensor([1.0, 2.0, 3.0, 4.0]), None, torch.tensor([5, 6, 7, 8]))
+    assert pair.policy_chosen.tolist() == [1.0, 2.0] and pair.policy_rejected.tolist() == [3.0, 4.0]
+    assert pair.ref_chosen is None and pair.rejected_lengths.tolist() == [7, 8]
+
+
+def test_losses_return_the_implicit_rewards() -> None:
+    losses = builtin_preference_losses()
+    # DPO: β(log π − log π_ref); β = 0.5, ρ = (−1 − (−3)) − (−2 − (−2)) = 2, logistic: log(1 + e^(−1))
+    pair = PairLogps(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-3.0]), torch.tensor([-2.0]))
+    loss, chosen, rejected = losses["logistic"].loss_and_rewards(pair, 0.5)
+    assert chosen.item() == pytest.approx(1.0) and rejected.item() == pytest.approx(0.0)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-1.0)))
+    # SimPO: β · mean log π; −6 over 3 tokens, −4 over 2; β = 2, γ = 0.5: z = 2(−2 − (−2)) − 0.5
+    lengths = (torch.tensor([3]), torch.tensor([2]))
+    pair = PairLogps(torch.tensor([-6.0]), torch.tensor([-4.0]), None, None, *lengths)
+    loss, chosen, rejected = losses["simpo"].loss_and_rewards(pair, 2.0, 0.5)
+    assert chosen.item() == pytest.approx(-4.0) and rejected.item() == pytest.approx(-4.0)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(0.5)))
+    assert not chosen.requires_grad

@@ -95,6 +95,35 @@ def test_split_policy_reference_cases() -> None:
         split_policy_reference([TapRecord(a, True, 0)] * 3)
 
 
+def test_tap_captures_only_inside_capturing() -> None:
+    lm = TinyLM(0)
+    ids = torch.randint(0, V, (2, 5))
+    with HiddenStateTap(lm) as tap:
+        tap.enabled = False
+        lm(ids)  # e.g. generation: not recorded
+        with tap.capturing() as records:
+            lm(ids)
+        lm(ids)
+        assert len(records) == 1 and len(tap.take()) == 1 and not tap.enabled
+
+
+def test_runner_latents_check_coverage_and_take_the_adapters_own_reference() -> None:
+    policy = TinyLM(0)
+    runner = RegularizerRunner({"regularizer": "mmd"}, CTX, policy)
+    ids = torch.randint(0, V, (4, 6))
+    policy(ids)
+    own_ref = torch.zeros(4, 6, H)
+    p, r = runner.latents((4, 6), reference=lambda: own_ref)
+    assert p.shape == (4, 6, H) and torch.equal(r, own_ref)
+    policy(ids)
+    with pytest.raises(RuntimeError, match=r"do not cover the batch \(4, 7\).*one hidden state per input token"):
+        runner.latents((4, 7), reference=lambda: own_ref)
+    policy(ids), policy(ids)
+    with pytest.raises(RuntimeError, match="expected one policy forward per step, captured 2"):
+        runner.latents((4, 6), reference=lambda: own_ref)
+    runner.close()
+
+
 def _batch(seed: int) -> LatentBatch:
     g = torch.Generator().manual_seed(seed)
     policy = torch.randn(4, 6, H, generator=g, requires_grad=True)

@@ -40,7 +40,8 @@ CHECK = textwrap.dedent(
     adapter = sys.modules["ganpo_example_host.adapter"]
     assert load_host_adapters().get_plugin("minidpo") is adapter
     assert type(handle) is adapter.MiniDPOAttachment, type(handle)
-    for again, options, error in ((loop, {}, "detach() it first"), (make(), {"ref_model": 1}, "takes no options")):
+    cases = ((loop, {}, "call detach() on the first handle"), (make(), {"ref_model": 1}, "takes no options"))
+    for again, options, error in cases:
         try:
             ganpo_plugins.attach(again, SMALL, **options)
         except (TypeError, ValueError) as exc:

@@ -169,7 +169,8 @@ def _as_lists(value: Any) -> Any:
 )
 def test_the_regularizer_reduces_over_accelerates_data_parallel_mesh(sizes: dict[str, int], group: str | None) -> None:
     from accelerate.parallelism_config import ParallelismConfig
-    from ganpo_trl.trainer_attachment import data_parallel_group
+
+    from ganpo_plugins.hf_trainer import data_parallel_group
 
     class Mesh:
         def __getitem__(self, name: str) -> Any:

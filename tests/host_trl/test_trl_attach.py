@@ -18,12 +18,12 @@ import torch
 pytest.importorskip("trl.trainer", reason="needs TRL: tox -e trl-oldest / trl-newest")
 
 from datasets import Dataset
-from ganpo_trl import TRLSettings, attach_regularizer
+from ganpo_trl import attach_regularizer
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 from trl import DPOConfig, DPOTrainer
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-from ganpo_plugins import GANPOConfig, StepInfo
+from ganpo_plugins import StepInfo
 
 SMALL_D = {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
 BETA = 0.1
@@ -257,52 +257,50 @@ def test_ref_model_only_where_the_trainer_runs_no_reference(
 
 def test_only_dpo_and_cpo_trainers(tmp_path: Path, load_model: Callable[[], Any]) -> None:
     trainer = Trainer(load_model(), args=TrainingArguments(str(tmp_path), use_cpu=True, report_to=[]))
-    with pytest.raises(TypeError, match=r"supports trl\.DPOTrainer and trl\.experimental\.cpo\.CPOTrainer"):
+    with pytest.raises(TypeError, match=r"supports trl\.DPOTrainer, trl\.experimental\.cpo\.CPOTrainer"):
         attach_regularizer(trainer, {})
 
 
 @pytest.mark.parametrize(
-    ("fields", "message"),
+    ("overrides", "config", "message"),
     [
-        ({"use_liger_kernel": True}, "use_liger_kernel=true"),
-        ({"padding_free": True}, "padding_free=true"),
-        ({"loss_type": ("ipo",), "pref": "squared"}, r"loss_type=\['ipo'\] both choose the base loss"),
-        ({"loss_type": ("sigmoid", "sft"), "pref": "logistic"}, "both choose the base loss"),
-        ({"f_divergence_type": "js_divergence", "pref": "savage"}, "defined on log-ratios"),
-        ({"ld_alpha": 0.5, "pref": "hinge"}, "ld_alpha=0.5 changes the log-probabilities"),
-        ({"use_weighting": True, "pref": "squared"}, "use_weighting=True changes"),
-        ({"router_aux_loss": True, "pref": "savage"}, "MoE router auxiliary loss"),
-        ({"pref": "simpo"}, "needs the margin: set ganpo.simpo_gamma"),
-        ({"trainer": "cpo", "loss_type": ("simpo",), "simpo_gamma": 0.5, "pref": "squared"}, "never computes"),
-        ({"trainer": "cpo", "loss_type": ("sigmoid",), "pref": "simpo"}, "loss_type='sigmoid'; set loss_type: simpo"),
-        ({"trainer": "cpo", "loss_type": ("simpo",), "simpo_gamma": 0.5, "gamma": 1.0, "pref": "simpo"}, "differs"),
+        ({"loss_type": ["ipo"]}, {"preference_loss": "squared"}, r"loss_type=\['ipo'\] both choose the base loss"),
+        ({"label_smoothing": 0.1}, {"preference_loss": "logistic"}, "label_smoothing=0.1 changes the base loss"),
+        ({"use_weighting": True}, {"preference_loss": "savage"}, "use_weighting=True changes"),
+        ({}, {"preference_loss": "simpo"}, "needs the margin: set ganpo.simpo_gamma"),
+        ({}, {"simpo_gamma": 0.5}, "only ganpo.preference_loss simpo reads it"),
     ],
 )
-def test_settings_refuse_what_cannot_run_faithfully(fields: dict[str, Any], message: str) -> None:
-    fields = dict(fields)
-    ganpo = GANPOConfig(preference_loss=fields.pop("pref", None), simpo_gamma=fields.pop("gamma", None))
+def test_trainer_settings_that_cannot_run_faithfully_are_refused(
+    tmp_path: Path, tokenizer: Any, pairs: Dataset, load_model: Callable[[], Any], overrides: dict[str, Any],
+    config: dict[str, Any], message: str,
+) -> None:  # fmt: skip
+    args = dpo_args(tmp_path, **overrides)
+    trainer = DPOTrainer(load_model(), args=args, train_dataset=pairs, processing_class=tokenizer)
     with pytest.raises(ValueError, match=message):
-        TRLSettings.model_validate({"trainer": "dpo", **fields, "ganpo": ganpo})
+        attach_regularizer(trainer, {**SMALL_D, **config})
+    assert "_ganpo_attachment" not in vars(trainer)  # a refused attach leaves nothing behind
+    attach_regularizer(trainer, SMALL_D).detach()
 
 
 @pytest.mark.parametrize(
-    ("trainer", "pref", "trl_loss", "ours"),
+    ("pref", "trl_loss", "ours"),
     [
-        ("dpo", None, None, None),
-        ("dpo", "logistic", "sigmoid", None),
-        ("dpo", "hinge", "hinge", None),
-        ("dpo", "squared", None, "squared"),  # not TRL's ipo: a different function of ρ and β
-        ("dpo", "savage", None, "savage"),
-        ("cpo", "simpo", "simpo", None),
+        (None, None, None),
+        ("logistic", "sigmoid", None),
+        ("hinge", "hinge", None),
+        ("squared", None, "squared"),  # not TRL's ipo: a different function of ρ and β
+        ("savage", None, "savage"),
     ],
 )
 def test_base_loss_goes_to_trl_only_where_the_formula_is_the_same(
-    trainer: str, pref: str | None, trl_loss: str | None, ours: str | None
-) -> None:
-    fields: dict[str, Any] = {"trainer": trainer}
-    if trainer == "cpo":
-        fields.update(loss_type=("simpo",), simpo_gamma=0.5)
-    settings = TRLSettings.model_validate({**fields, "ganpo": GANPOConfig(preference_loss=pref)})
-    base = settings.base_loss()
-    assert base.trl_loss_type == trl_loss
-    assert (base.loss.name if base.loss else None) == ours
+    tmp_path: Path, tokenizer: Any, pairs: Dataset, load_model: Callable[[], Any], pref: str | None,
+    trl_loss: str | None, ours: str | None,
+) -> None:  # fmt: skip
+    trainer = DPOTrainer(load_model(), args=dpo_args(tmp_path), train_dataset=pairs, processing_class=tokenizer)
+    handle = attach_regularizer(trainer, {**SMALL_D, "preference_loss": pref})
+    assert handle.base.host_loss_type == trl_loss
+    assert (handle.base.loss.name if handle.base.loss else None) == ours
+    assert trainer.loss_types == [trl_loss or "sigmoid"]
+    handle.detach()
+    assert trainer.loss_types == ["sigmoid"]

@@ -82,12 +82,7 @@ class APOPlugin(BasePlugin):
         return "ganpo_trl.reward.APOArguments"
 
     def get_training_args(self, cfg: Any) -> dict[str, Any]:
-        settings = cfg.apo if isinstance(cfg.apo, APOSettings) else parse_apo_settings(cfg.apo)
-        return {
-            "apo_c_human": settings.c_human,
-            "apo_c_apo": settings.c_apo,
-            "apo_samples_per_prompt": settings.samples_per_prompt,
-        }
+        return parse_apo_settings(cfg.apo).as_arguments()
 
     def get_trainer_cls(self, cfg: Any) -> type | None:
         return _trainer_cls() if cfg.reward_model else None

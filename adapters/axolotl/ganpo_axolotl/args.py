@@ -1,23 +1,25 @@
 """The ``ganpo:`` block of an Axolotl config, validated with the rest of the config.
 
-Axolotl merges this model into its own config model (``get_input_args``), so a bad value
-stops ``axolotl train`` at config validation, before any model or dataset loads, with a
-message naming the key. The model validator sees the whole Axolotl config and refuses
-combinations the adapter cannot run faithfully.
+Axolotl merges this model into its own config model (``get_input_args``), so a bad value stops
+``axolotl train`` at config validation, before any model or dataset loads, with a message naming
+the key. The model validator reports the facts of the TRL trainer Axolotl will build, in
+Axolotl's spelling, to the core's host rules (:func:`ganpo_plugins.host_rules.check_host`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ganpo_trl.settings import TRLSettings
-from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from ganpo_trl.facts import EQUIVALENTS
+from pydantic import BaseModel, Field, model_validator
 
-from ganpo_plugins import GANPOConfigError, RegularizerConfig, parse_config
+from ganpo_plugins import parse_config
+from ganpo_plugins.config import RegularizerBlock
+from ganpo_plugins.host_rules import HostFacts, check_host
 
 from .plugin import ganpo_enabled
 
-__all__ = ["GANPOArgs", "settings_from_axolotl"]
+__all__ = ["GANPOArgs", "facts_from_cfg"]
 
 SUPPORTED_RL = ("dpo", "ipo", "simpo")
 
@@ -25,108 +27,62 @@ SUPPORTED_RL = ("dpo", "ipo", "simpo")
 class GANPOArgs(BaseModel):
     """Adds ``ganpo:`` to Axolotl's config (absent: the defaults, GANPO as in the paper)."""
 
-    # SerializeAsAny: Axolotl re-dumps its config; the regularizer's own keys must survive that.
-    ganpo: SerializeAsAny[RegularizerConfig] | None = Field(
-        None, description="latent regularizer added to the DPO/IPO/SimPO loss (ganpo-plugins)"
-    )
-
-    @field_validator("ganpo", mode="before")
-    @classmethod
-    def _parse(cls, value: Any) -> RegularizerConfig | None:
-        if value is None or isinstance(value, RegularizerConfig):
-            return value
-        if not isinstance(value, dict):
-            raise ValueError(f"ganpo must be a mapping of keys to values, got {type(value).__name__} {value!r}")
-        try:
-            return parse_config(value)
-        except GANPOConfigError as exc:
-            raise ValueError(str(exc)) from None
+    ganpo: RegularizerBlock = Field(None, description="latent regularizer added to the DPO/IPO/SimPO loss")
 
     @model_validator(mode="after")
     def _fits_axolotl(self) -> GANPOArgs:
-        # ``self`` is Axolotl's whole config model: this class is one of its bases.
-        cfg = self.__dict__
+        cfg = self.__dict__  # Axolotl's whole config model: this class is one of its bases
         if not ganpo_enabled(cfg):
             return self  # loaded by entry point in a run that does not ask for GANPO: inert
-        rl = _value(cfg.get("rl"))
-        problems: list[str] = []
+        rl = getattr(cfg.get("rl"), "value", cfg.get("rl"))  # Axolotl's RLType compares by value
         if rl not in SUPPORTED_RL:
-            problems.append(
-                f"rl={rl!r}: the ganpo plugin supports rl: {', '.join(SUPPORTED_RL)}; set one or remove the plugin"
-            )
-        if cfg.get("sample_packing"):
-            problems.append(
-                "sample_packing=true: packed sequences have no per-pair hidden states; set sample_packing: false"
-            )
-        if (cfg.get("context_parallel_size") or 1) > 1:
-            problems.append(
-                "context_parallel_size>1 shards each sequence's hidden states across ranks; "
-                "set context_parallel_size: 1"
-            )
-        problems.extend(_fsdp_problems(cfg, rl))
-        if rl in SUPPORTED_RL:
-            try:
-                settings_from_axolotl(cfg, self.ganpo or parse_config(None))
-            except ValidationError as exc:
-                problems.extend(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        if problems:
-            raise ValueError("ganpo plugin: " + "; ".join(problems))
+            raise ValueError(f"ganpo plugin: rl={rl!r}: the ganpo plugin supports rl: {', '.join(SUPPORTED_RL)}")
+        try:
+            check_host(facts_from_cfg(cfg, rl), self.ganpo or parse_config(None))
+        except ValueError as exc:
+            raise ValueError(f"ganpo plugin: {exc}") from None
         return self
 
 
-def settings_from_axolotl(cfg: dict[str, Any], config: RegularizerConfig) -> TRLSettings:
-    """The TRL trainer settings Axolotl will build from ``cfg`` (raises on conflicts, naming
-    Axolotl's keys)."""
-    rl = _value(cfg.get("rl"))
-    names = {
-        "use_liger_kernel": "dpo_use_liger_kernel",
-        "padding_free": "dpo_padding_free",
-        "loss_type": "rl" if rl in ("ipo", "simpo") else "dpo_loss_type",
-        "loss_weights": "dpo_loss_weights",
-        "use_weighting": "dpo_use_weighting",
-        "label_smoothing": "dpo_label_smoothing",
+def facts_from_cfg(cfg: dict[str, Any], rl: str) -> HostFacts:
+    """The facts of the TRL trainer Axolotl builds from ``cfg`` (``rl``: dpo, ipo or simpo),
+    named as Axolotl's keys."""
+    fsdp = cfg.get("fsdp_config")
+    fsdp = fsdp.model_dump() if isinstance(fsdp, BaseModel) else dict(fsdp or {})
+    sharded = bool(fsdp or cfg.get("fsdp"))
+    fsdp2 = sharded and str(cfg.get("fsdp_version") or fsdp.get("fsdp_version") or 1) == "2"  # Axolotl's default: 1
+    reference_loaded = not cfg.get("adapter") or bool(cfg.get("rl_adapter_ref_model"))
+    packing = "dpo_padding_free" if cfg.get("dpo_padding_free") else "sample_packing"
+    keys = {
+        "loss_types": "rl" if rl in ("ipo", "simpo") else "dpo_loss_type",
+        "fused_loss": "dpo_use_liger_kernel",
+        "packing": packing,
+        "sequence_parallel": "context_parallel_size",
+        "meta_reference": "fsdp_config.cpu_ram_efficient_loading",
+        "sharded_precompute": "precompute_ref_log_probs",
+    }
+    common = {
+        "packing": bool(cfg.get(packing)),
+        "sequence_parallel": cfg.get("context_parallel_size") or 1,
+        "sharded_precompute": fsdp2 and bool(cfg.get("precompute_ref_log_probs")) and reference_loaded,
     }
     if rl == "simpo":
-        fields: dict[str, Any] = {"trainer": "cpo", "loss_type": ("simpo",), "simpo_gamma": cfg.get("simpo_gamma")}
-    else:
-        loss_type = ("ipo",) if rl == "ipo" else tuple(cfg.get("dpo_loss_type") or ("sigmoid",))
-        weights = cfg.get("dpo_loss_weights")
-        fields = {
-            "trainer": "dpo",
-            "loss_type": loss_type,
-            "loss_weights": None if weights is None else tuple(weights),
-            "use_weighting": bool(cfg.get("dpo_use_weighting")),
-            "use_liger_kernel": bool(cfg.get("dpo_use_liger_kernel")),
-            "padding_free": bool(cfg.get("dpo_padding_free")),
-        }
-    return TRLSettings.model_validate({**fields, "ganpo": config}, context={"names": names})
-
-
-def _fsdp_problems(cfg: dict[str, Any], rl: Any) -> list[str]:
-    """What the plugin cannot run under the configured FSDP. FSDP1 and FSDP2, full fine-tune and
-    LoRA, FULL_ and SHARDED_STATE_DICT are supported (tests/fsdp/test_trl_fsdp.py)."""
-    fsdp_config = cfg.get("fsdp_config")
-    if not (fsdp_config or cfg.get("fsdp")):
-        return []
-    fsdp = fsdp_config.model_dump() if isinstance(fsdp_config, BaseModel) else dict(fsdp_config or {})
-    version = str(cfg.get("fsdp_version") or fsdp.get("fsdp_version") or 1)  # Axolotl's default: 1
-    reference_loaded = not cfg.get("adapter") or bool(cfg.get("rl_adapter_ref_model"))
-    problems = []
-    if rl == "simpo" and fsdp.get("cpu_ram_efficient_loading"):
-        problems.append(
-            "fsdp_config.cpu_ram_efficient_loading=true with rl: simpo: ranks other than 0 load the second model "
-            "Axolotl loads for SimPO, which the plugin runs as the frozen reference, on the meta device (no weights); "
-            "set cpu_ram_efficient_loading: false"
-        )
-    if version == "2" and cfg.get("precompute_ref_log_probs") and reference_loaded:
-        problems.append(
-            "precompute_ref_log_probs=true under fsdp_version 2 with a reference model: TRL's precompute pass "
-            "hashes the sharded reference's weights (DTensor.numpy()) and fails before training; set "
-            "precompute_ref_log_probs: false (with GANPO the reference forward runs anyway, so precomputing saves "
-            "nothing)"
-        )
-    return problems
-
-
-def _value(x: Any) -> Any:
-    return getattr(x, "value", x)  # Axolotl's enums (RLType) compare by their string value
+        # The second model Axolotl loads for SimPO is the reference the adapter runs: without
+        # weights on ranks > 0 under cpu_ram_efficient_loading. TRL's cpo_alpha default is 1.0.
+        cpo_alpha = 1.0 if cfg.get("cpo_alpha") is None else cfg["cpo_alpha"]
+        return HostFacts(
+            style="yaml", keys=keys, reference_free=True, loss_types=("simpo",), equivalents=EQUIVALENTS["cpo"],
+            simpo_gamma=cfg.get("simpo_gamma"), loss_modifiers={"cpo_alpha": (cpo_alpha, 0.0)},
+            meta_reference=sharded and bool(fsdp.get("cpu_ram_efficient_loading")), **common,
+        )  # fmt: skip
+    weights = cfg.get("dpo_loss_weights")
+    return HostFacts(
+        style="yaml", keys={**keys, "use_weighting": "dpo_use_weighting", "label_smoothing": "dpo_label_smoothing"},
+        loss_types=("ipo",) if rl == "ipo" else tuple(cfg.get("dpo_loss_type") or ("sigmoid",)),
+        loss_weights=None if weights is None else tuple(weights), equivalents=EQUIVALENTS["dpo"],
+        loss_modifiers={
+            "use_weighting": (bool(cfg.get("dpo_use_weighting")), False),
+            "label_smoothing": (cfg.get("dpo_label_smoothing") or 0.0, 0.0),
+        },
+        fused_loss=bool(cfg.get("dpo_use_liger_kernel")), **common,
+    )  # fmt: skip

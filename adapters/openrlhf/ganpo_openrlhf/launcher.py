@@ -5,7 +5,8 @@ The host CLI (``openrlhf.cli.train_dpo`` / ``train_rm``) builds its parser and t
 (1) replacing the trainer class in its defining module, which the CLI imports by name when it
 runs, and (2) wrapping ``openrlhf.utils.config.hierarchize``, which the CLI calls on its parsed
 arguments right before ``train(args)``: the wrapper attaches our validated config as
-``args.<name>`` and checks how it fits the host's flags, before any model loads.
+``args.<name>`` and checks how it fits the host's flags, before any model loads. Both swaps last
+for the launcher's process, which exists to run that one CLI.
 """
 
 from __future__ import annotations
@@ -13,20 +14,12 @@ from __future__ import annotations
 import runpy
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
-from pydantic import ValidationError
-
-from ganpo_plugins.flags import validation_message
+from ganpo_plugins.flags import fail
 from ganpo_plugins.hosts import HostVersionError, require_host
 
-__all__ = ["attach_config", "fail", "require_openrlhf", "run_host"]
-
-
-def fail(message: str, prog: str) -> NoReturn:
-    """Stop like argparse does: the message on stderr, exit status 2."""
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+__all__ = ["attach_config", "require_openrlhf", "run_host"]
 
 
 def require_openrlhf(prog: str) -> None:
@@ -50,8 +43,8 @@ def attach_config(name: str, value: Any, check: Callable[[Any], Any], prog: str)
         setattr(args, name, value)
         try:
             check(args)
-        except ValidationError as exc:
-            fail("the flags do not fit together:\n" + validation_message(exc), prog)
+        except ValueError as exc:
+            fail(f"the flags do not fit together: {exc}", prog)
         return args
 
     host_config.hierarchize = hierarchize

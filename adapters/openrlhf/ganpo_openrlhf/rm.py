@@ -24,7 +24,7 @@ from openrlhf.datasets import RewardDataset
 from openrlhf.trainer.rm_trainer import RewardModelTrainer
 
 from ganpo_plugins.apo import APOSettings
-from ganpo_plugins.functional import apo_rm_loss, bradley_terry_loss
+from ganpo_plugins.functional import bradley_terry_loss
 
 __all__ = ["IS_APO", "APORewardDataset", "APORewardModelTrainer"]
 
@@ -75,9 +75,7 @@ class APORewardModelTrainer(RewardModelTrainer):
                         self._counts[name] += 1
                 self._sums["apo_share"] += is_apo.float().mean().item()
                 self._counts["apo_share"] += 1
-        return apo_rm_loss(
-            chosen_reward, reject_reward, is_apo, self.apo.c_human, self.apo.c_apo, self.apo.samples_per_prompt
-        )
+        return self.apo.rm_loss(chosen_reward, reject_reward, is_apo)
 
     def save_logs_and_checkpoints(self, args, global_step, step_bar, logs_dict=None, client_states=None):
         logs_dict = {} if logs_dict is None else logs_dict

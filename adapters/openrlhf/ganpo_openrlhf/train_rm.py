@@ -12,26 +12,38 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from ganpo_plugins.apo import APOConfigError, APOSettings, parse_apo_settings
-from ganpo_plugins.flags import FlagError, flags_help, split_flags
+from ganpo_plugins.apo import APOSettings, parse_apo_settings
+from ganpo_plugins.flags import parse_cli_flags
 
-from .config import RMHostCheck
-from .launcher import attach_config, fail, require_openrlhf, run_host
+from .launcher import attach_config, require_openrlhf, run_host
 
 PROG = "ganpo_openrlhf.train_rm"
 HOST = "openrlhf.cli.train_rm"
 
 
+def check_rm_flags(args: Any) -> None:
+    """How ``--apo.*`` fits ``openrlhf.cli.train_rm``'s own flags (before any model loads)."""
+    problems = []
+    if args.model.margin_loss_enable:
+        problems.append(
+            "--model.margin_loss_enable: APO's loss has no margin term and the per-row slot OpenRLHF uses for "
+            "margins carries the is_apo flags (got True); remove --model.margin_loss_enable"
+        )
+    if args.model.loss_type != "sigmoid":
+        problems.append(
+            f"--model.loss_type: APO uses the Bradley–Terry (sigmoid) loss on both kinds of pairs "
+            f"(got {args.model.loss_type!r}); use --model.loss_type sigmoid"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(flags_help("--apo", APOSettings, "APO flags (added to openrlhf.cli.train_rm's, listed below)"))
-    try:
-        host_argv, raw = split_flags(argv, "--apo", APOSettings)
-        settings = parse_apo_settings(raw, prefix="--apo")
-    except (FlagError, APOConfigError) as exc:
-        fail(str(exc), PROG)
+    title = "APO flags (added to openrlhf.cli.train_rm's, listed below)"
+    host_argv, settings = parse_cli_flags(argv, "--apo", APOSettings, parse_apo_settings, PROG, title)
     require_openrlhf(PROG)
 
     import openrlhf.datasets as host_datasets
@@ -41,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     host_datasets.RewardDataset = APORewardDataset
     host_trainer.RewardModelTrainer = APORewardModelTrainer
-    attach_config("apo", settings, RMHostCheck.from_args, PROG)
+    attach_config("apo", settings, check_rm_flags, PROG)
     run_host(HOST, host_argv)
 
 

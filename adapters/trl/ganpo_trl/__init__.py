@@ -4,6 +4,5 @@ call (see :func:`attach_regularizer`)."""
 
 from .attach import GANPOAttachment, attach_regularizer
 from .online import OnlineDPOAttachment
-from .settings import BaseLoss, TRLSettings
 
-__all__ = ["BaseLoss", "GANPOAttachment", "OnlineDPOAttachment", "TRLSettings", "attach_regularizer"]
+__all__ = ["GANPOAttachment", "OnlineDPOAttachment", "attach_regularizer"]

@@ -9,17 +9,21 @@ from typing import Any
 
 from ganpo_plugins import hookimpl
 
-_CLAIMED = ("DPOTrainer", "CPOTrainer", "OnlineDPOTrainer")
+KINDS = {"DPOTrainer": "dpo", "CPOTrainer": "cpo", "OnlineDPOTrainer": "online_dpo"}
 
 
-def _is_trl_preference_trainer(trainer: Any) -> bool:
-    # Decided from the class hierarchy's module names, so a process without TRL never imports it.
-    return any(cls.__module__.startswith("trl.") and cls.__name__ in _CLAIMED for cls in type(trainer).__mro__)
+def trainer_kind(trainer: Any) -> str | None:
+    """``dpo``, ``cpo`` or ``online_dpo`` for TRL's trainers and their subclasses, else ``None``
+    (decided from the class hierarchy's module names, so a process without TRL never imports it)."""
+    for cls in type(trainer).__mro__:
+        if cls.__module__.startswith("trl.") and cls.__name__ in KINDS:
+            return KINDS[cls.__name__]
+    return None
 
 
 @hookimpl
 def ganpo_attach(trainer: Any, config: Any, options: Mapping[str, Any]) -> Any | None:
-    if not _is_trl_preference_trainer(trainer):
+    if trainer_kind(trainer) is None:
         return None
     from .attach import attach_regularizer
 

@@ -25,42 +25,24 @@ then recomputes the loss from the rewards TRL returns (``[chosen; rejected]`` on
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from trl import RewardConfig, RewardTrainer
 
-from ganpo_plugins.apo.settings import APOSettings, parse_apo_settings
-from ganpo_plugins.functional import apo_rm_loss
+from ganpo_plugins.apo.settings import APOSettings, apo_arguments_dataclass
 
 __all__ = ["APOArguments", "APODataCollator", "APORewardConfig", "APORewardMixin", "APORewardTrainer", "main"]
 
-_DEFAULTS = APOSettings()
-
-
-@dataclass
-class APOArguments:
-    """The APO fields of a training-arguments class (TRL's ``APORewardConfig``; Axolotl merges
-    this dataclass into its own training arguments). Defaults: the paper's reference settings."""
-
-    apo_c_human: float = field(default=_DEFAULTS.c_human, metadata={"help": "weight of the human pairs (paper: 1)"})
-    apo_c_apo: float = field(default=_DEFAULTS.c_apo, metadata={"help": "weight of the APO pairs (paper: 0.1)"})
-    apo_samples_per_prompt: int = field(
-        default=_DEFAULTS.samples_per_prompt, metadata={"help": "k, LLM samples per prompt (paper: 4)"}
-    )
+#: The APO fields of a training-arguments class, one ``apo_<field>`` per :class:`APOSettings`
+#: field (TRL's ``APORewardConfig``; Axolotl merges it into its own training arguments).
+APOArguments = apo_arguments_dataclass()
 
 
 def apo_settings(args: Any) -> APOSettings:
     """The validated APO settings of a training-arguments object (errors name ``apo_*`` fields)."""
-    return parse_apo_settings(
-        {
-            "c_human": args.apo_c_human,
-            "c_apo": args.apo_c_apo,
-            "samples_per_prompt": args.apo_samples_per_prompt,
-        },
-        prefix="apo_",
-    )
+    return APOSettings.from_arguments(args)
 
 
 @dataclass
@@ -100,15 +82,16 @@ def _check_is_apo_column(dataset: Any, name: str) -> None:
 
 class APORewardMixin:
     """APO loss for any subclass of TRL's ``RewardTrainer`` (TRL's own, Axolotl's). Reads the
-    weights from ``args.apo_c_human``, ``args.apo_c_apo``, ``args.apo_samples_per_prompt``."""
+    weights from the ``apo_*`` fields of its training arguments (:data:`APOArguments`)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         training_args = kwargs.get("args") if "args" in kwargs else (args[1] if len(args) > 1 else None)
-        if training_args is None or not hasattr(training_args, "apo_c_apo"):
+        try:
+            self.apo_settings = apo_settings(training_args)  # before super() loads the model
+        except AttributeError:
             raise TypeError(
                 f"{type(self).__name__} needs args=APORewardConfig(...) (or arguments with the apo_* fields)"
-            )
-        self.apo_settings = apo_settings(training_args)  # before super() loads the model
+            ) from None
         for key in ("train_dataset", "eval_dataset"):
             datasets = kwargs.get(key)
             for name, dataset in datasets.items() if isinstance(datasets, dict) else [(key, datasets)]:
@@ -127,14 +110,7 @@ class APORewardMixin:
         chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
         preferred = chosen - inputs["margin"] if "margin" in inputs else chosen
         is_apo = is_apo.to(chosen.device)
-        loss = apo_rm_loss(
-            preferred,
-            rejected,
-            is_apo,
-            self.apo_settings.c_human,
-            self.apo_settings.c_apo,
-            self.apo_settings.samples_per_prompt,
-        )
+        loss = self.apo_settings.rm_loss(preferred, rejected, is_apo)
         if self.args.center_rewards_coefficient is not None:  # TRL's option, kept with the same meaning
             loss = loss + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
         self._log_apo_metrics(chosen.detach(), rejected.detach(), is_apo)

@@ -2,7 +2,8 @@
 entry-point group ``ganpo_plugins.hosts``: ``ganpo_plugins.attach(loop, config)`` finds it.
 
 It changes attributes of the one loop instance and nothing else (:attr:`MiniDPOAttachment.WRAPPED`;
-``detach()`` undoes each); :class:`ganpo_plugins.RegularizerRunner` does the rest.
+the core's :class:`~ganpo_plugins.attachment.Attachment` keeps the ledger ``detach()`` undoes);
+:class:`ganpo_plugins.RegularizerRunner` does the rest.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ganpo_plugins import (
     StepInfo,
     hookimpl,
 )
+from ganpo_plugins.attachment import Attachment
 from ganpo_plugins.taps import hidden_size
 
 from .loop import Batch, MiniDPOLoop
@@ -36,19 +38,19 @@ def ganpo_attach(trainer: Any, config: RegularizerConfig, options: Mapping[str, 
     return MiniDPOAttachment(trainer, config)
 
 
-class MiniDPOAttachment:
+class MiniDPOAttachment(Attachment):
+    host = "minidpo"
     WRAPPED: ClassVar[dict[str, str]] = {
         "loop.loss: adds the weighted term": "instance attribute removed",
         "loop.objective: the configured preference_loss (only when set)": "instance attribute removed",
         "loop.log: adds the ganpo/* metrics": "instance attribute removed",
         "loop.save, loop.load: the regularizer state beside the loop's": "instance attributes removed",
+        "loop._ganpo_attachment (marks the loop as attached)": "removed",
         "forward hooks on the decoder bodies of loop.policy and loop.reference": "removed",
     }
 
     def __init__(self, loop: MiniDPOLoop, config: RegularizerConfig) -> None:
-        if "loss" in vars(loop):
-            raise ValueError("this loop's loss is already wrapped (a regularizer is attached): detach() it first")
-        self.loop = loop
+        super().__init__(loop, config)  # refuses a loop that already has a regularizer attached
         context = RegularizerContext(
             hidden_size=hidden_size(loop.policy),
             policy_lr=loop.lr,
@@ -58,60 +60,35 @@ class MiniDPOAttachment:
         )
         # Tap order: source 0 is the policy, source 1 the reference.
         self.runner = RegularizerRunner(config, context, loop.policy, loop.reference)
-        wrappers: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+        self.preference = self.runner.preference_loss()
+        wrappers: dict[str, Callable[..., Any]] = {
             "loss": self._loss,
             "log": self._log,
             "save": self._save,
             "load": self._load,
         }
-        if self.runner.preference_loss() is not None:
+        if self.preference is not None:
             wrappers["objective"] = self._objective
-        for name, wrap in wrappers.items():
-            setattr(loop, name, wrap(getattr(loop, name)))
+        self._wrap(loop, wrappers)  # each called as wrapper(original, *args)
 
-    def _loss(self, original: Callable[[Batch], Tensor]) -> Callable[[Batch], Tensor]:
-        def loss(batch: Batch) -> Tensor:
-            self.runner.tap.take()  # drop records of forwards run outside the loss
-            value = original(batch)  # the loop's own forwards fill the tap
-            policy, reference = self.runner.latents()
-            latents = LatentBatch.from_concatenated(policy, reference, batch["attention_mask"], batch["response_mask"])
-            info = StepInfo(is_boundary=self.loop.is_boundary, accumulation_steps=self.loop.accumulation_steps)
-            return value + self.runner.step(latents, info)
+    def _loss(self, original: Callable[[Batch], Tensor], batch: Batch) -> Tensor:
+        self.runner.tap.take()  # drop records of forwards run outside the loss
+        value = original(batch)  # the loop's own forwards fill the tap
+        policy, reference = self.runner.latents()
+        latents = LatentBatch.from_concatenated(policy, reference, batch["attention_mask"], batch["response_mask"])
+        info = StepInfo(is_boundary=self.trainer.is_boundary, accumulation_steps=self.trainer.accumulation_steps)
+        return value + self.runner.step(latents, info)
 
-        return loss
+    def _objective(self, original: Callable[..., Tensor], pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> Tensor:
+        return self.preference(PairLogps(pc, pr, rc, rr), self.trainer.beta, self.config.simpo_gamma)
 
-    def _objective(self, original: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        preference = self.runner.preference_loss()
-        assert preference is not None
-        gamma = self.runner.config.simpo_gamma
+    def _log(self, original: Callable[[dict[str, float]], None], entry: dict[str, float]) -> None:
+        original({**entry, **self.runner.pop_metrics("train", step=int(entry["step"]))})
 
-        def objective(pc: Tensor, pr: Tensor, rc: Tensor, rr: Tensor) -> Tensor:
-            return preference(PairLogps(pc, pr, rc, rr), self.loop.beta, gamma)
+    def _save(self, original: Callable[[str | Path], None], directory: str | Path) -> None:
+        self.runner.save(directory)  # first: a checkpoint never holds the policy without it
+        original(directory)
 
-        return objective
-
-    def _log(self, original: Callable[[dict[str, float]], None]) -> Callable[[dict[str, float]], None]:
-        def log(entry: dict[str, float]) -> None:
-            original({**entry, **self.runner.pop_metrics("train", step=int(entry["step"]))})
-
-        return log
-
-    def _save(self, original: Callable[[str | Path], None]) -> Callable[[str | Path], None]:
-        def save(directory: str | Path) -> None:
-            self.runner.save(directory)  # first: a checkpoint never holds the policy without it
-            original(directory)
-
-        return save
-
-    def _load(self, original: Callable[[str | Path], None]) -> Callable[[str | Path], None]:
-        def load(directory: str | Path) -> None:
-            original(directory)
-            self.runner.load(directory)
-
-        return load
-
-    def detach(self) -> None:
-        """Undo everything in :attr:`WRAPPED`: the loop is as it was before the attach."""
-        for name in ("loss", "objective", "log", "save", "load"):
-            vars(self.loop).pop(name, None)
-        self.runner.close()
+    def _load(self, original: Callable[[str | Path], None], directory: str | Path) -> None:
+        original(directory)
+        self.runner.load(directory)
