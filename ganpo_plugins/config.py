@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "BLOCK",
     "MASK_MODES",
     "ConfigModel",
     "GANPOConfigError",
@@ -41,8 +42,8 @@ __all__ = [
     "RegularizerBlock",
     "RegularizerConfig",
     "config_model",
-    "misspelling_of",
     "parse_config",
+    "refuse_misspelt_block",
 ]
 
 MaskMode = Literal["response", "sequence", "none"]
@@ -171,12 +172,19 @@ def _parse_block(value: Any) -> RegularizerConfig | None:
 RegularizerBlock = Annotated[SerializeAsAny[RegularizerConfig] | None, BeforeValidator(_parse_block)]
 
 
-def misspelling_of(name: str, keys: Any) -> str | None:
-    """A key among ``keys`` that looks like a misspelling of ``name`` (``gnapo``, ``ganpo_`` for ``ganpo``)."""
+#: The name of the regularizer block in a host's YAML config (``ganpo:``).
+BLOCK = "ganpo"
+
+
+def refuse_misspelt_block(keys: Any, host: str) -> None:
+    """Refuse a top-level key that looks like a misspelling of :data:`BLOCK` (``gnapo``,
+    ``ganpo_``): ``host`` would drop the unknown key and train without the regularizer."""
     for key in keys:
-        if isinstance(key, str) and key != name and difflib.get_close_matches(key.lower(), [name], cutoff=0.7):
-            return key
-    return None
+        if isinstance(key, str) and key != BLOCK and difflib.get_close_matches(key.lower(), [BLOCK], cutoff=0.7):
+            raise ValueError(
+                f"unknown top-level key {key!r}: did you mean {BLOCK!r}? {host} would drop it and train without the "
+                f"regularizer; rename it to {BLOCK}:"
+            )
 
 
 def config_model(factory: Any) -> type[RegularizerConfig]:

@@ -17,18 +17,16 @@ from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 
-from ganpo_plugins import RegularizerConfig, parse_config
-from ganpo_plugins.config import misspelling_of
+from ganpo_plugins import parse_config
+from ganpo_plugins.config import BLOCK, refuse_misspelt_block
 
 __all__ = ["GANPOPlugin", "ganpo_enabled"]
-
-BLOCK = "ganpo"
 
 
 def ganpo_enabled(cfg: Any) -> bool:
     """GANPO is on when the config has a ``ganpo:`` block or lists this plugin."""
-    plugins = [str(name).replace(":", ".") for name in _get(cfg, "plugins") or []]
-    return _get(cfg, BLOCK) is not None or any(name.startswith("ganpo_axolotl.") for name in plugins)
+    plugins = [str(name).replace(":", ".") for name in cfg.get("plugins") or []]
+    return cfg.get(BLOCK) is not None or any(name.startswith("ganpo_axolotl.") for name in plugins)
 
 
 class GANPOPlugin(BasePlugin):
@@ -58,12 +56,7 @@ class GANPOPlugin(BasePlugin):
     def register(self, cfg: Any) -> None:
         if self.duplicate:
             return
-        typo = misspelling_of(BLOCK, cfg.keys())
-        if typo is not None:
-            raise ValueError(
-                f"unknown top-level key {typo!r}: did you mean {BLOCK!r}? Axolotl would drop it and train without "
-                f"the regularizer; rename it to {BLOCK}:"
-            )
+        refuse_misspelt_block(cfg.keys(), host="Axolotl")
         self.enabled = ganpo_enabled(cfg)
 
     def get_input_args(self) -> str | None:
@@ -83,24 +76,11 @@ class GANPOPlugin(BasePlugin):
             from ganpo_plugins import attach
 
             simpo = getattr(cfg.rl, "value", cfg.rl) == "simpo" and len(self.models) > 1
-            self.attachment = attach(trainer, config_from_cfg(cfg), ref_model=self.models[1] if simpo else None)
+            config = parse_config(cfg.get(BLOCK))  # the block Axolotl validated (GANPOArgs); None: defaults
+            self.attachment = attach(trainer, config, ref_model=self.models[1] if simpo else None)
 
     def post_train(self, cfg: Any, model: Any) -> None:
         # Axolotl saves the final model with save_pretrained, not trainer.save_model: write the
         # regularizer state beside it here (checkpoints get theirs from the attachment).
         if self.attachment is not None and self.attachment.runner is not None:
             self.attachment.save(cfg.output_dir)
-
-
-def config_from_cfg(cfg: Any) -> RegularizerConfig:
-    """The validated ``ganpo:`` block of a loaded Axolotl config (defaults when absent)."""
-    block = _get(cfg, BLOCK)
-    return parse_config(None if block is None else _plain(block))
-
-
-def _get(cfg: Any, key: str) -> Any:
-    return cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None)
-
-
-def _plain(value: Any) -> Any:
-    return {k: _plain(v) for k, v in value.items()} if isinstance(value, dict) else value

@@ -124,16 +124,14 @@ class OpenRLHFAttachment(Attachment):
             self._masks = (att_masks, (positions[None, :] >= prompt_lens[:, None]) & att_masks.bool())
         return out
 
-    def _loss(self, original: Callable[..., Any], chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps):
+    def _loss(self, original: Callable[..., Any], *logps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``logps``: the policy's and the reference's summed log-probabilities, chosen then rejected."""
         attention, response = self._masks
         if self.preference is None:
-            loss, chosen_reward, rejected_reward = original(
-                chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps
-            )
+            loss, chosen_reward, rejected_reward = original(*logps)
         else:
             # Response token counts, as OpenRLHF's _get_batch_logps counts them (labels start at 1).
-            lengths = response[:, 1:].sum(-1).chunk(2)
-            pair = PairLogps(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *lengths)
+            pair = PairLogps(*logps, *response[:, 1:].sum(-1).chunk(2))
             loss, chosen_reward, rejected_reward = self.preference.loss_and_rewards(
                 pair, self.trainer.beta, self.config.simpo_gamma
             )

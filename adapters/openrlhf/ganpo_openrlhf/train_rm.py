@@ -10,17 +10,11 @@ Takes every ``openrlhf.cli.train_rm`` flag unchanged plus ``--apo.c_human``, ``-
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ganpo_plugins.apo import APOSettings, parse_apo_settings
-from ganpo_plugins.flags import parse_cli_flags
-
-from .launcher import attach_config, require_openrlhf, run_host
-
-PROG = "ganpo_openrlhf.train_rm"
-HOST = "openrlhf.cli.train_rm"
+from ganpo_plugins.cli import run_host_cli
 
 
 def check_rm_flags(args: Any) -> None:
@@ -41,20 +35,16 @@ def check_rm_flags(args: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    title = "APO flags (added to openrlhf.cli.train_rm's, listed below)"
-    host_argv, settings = parse_cli_flags(argv, "--apo", APOSettings, parse_apo_settings, PROG, title)
-    require_openrlhf(PROG)
-
-    import openrlhf.datasets as host_datasets
-    import openrlhf.trainer.rm_trainer as host_trainer
-
-    from .rm import APORewardDataset, APORewardModelTrainer
-
-    host_datasets.RewardDataset = APORewardDataset
-    host_trainer.RewardModelTrainer = APORewardModelTrainer
-    attach_config("apo", settings, check_rm_flags, PROG)
-    run_host(HOST, host_argv)
+    run_host_cli(
+        prog="ganpo_openrlhf.train_rm", module="openrlhf.cli.train_rm", argv=argv, prefix="--apo",
+        model=APOSettings, parse=parse_apo_settings, title="APO flags (added to openrlhf.cli.train_rm's, listed below)",
+        hosts=("openrlhf", "deepspeed"),
+        swaps={
+            "openrlhf.datasets:RewardDataset": "ganpo_openrlhf.rm:APORewardDataset",
+            "openrlhf.trainer.rm_trainer:RewardModelTrainer": "ganpo_openrlhf.rm:APORewardModelTrainer",
+        },
+        args_hook="openrlhf.utils.config:hierarchize", attach_as="apo", check=check_rm_flags,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
