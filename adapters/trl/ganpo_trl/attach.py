@@ -137,11 +137,7 @@ class GANPOAttachment(TrainerAttachment):
             return original(model, inputs, return_outputs)
         result = self._run_captured(original, model, inputs, return_outputs)
         loss, outputs = result if return_outputs else (result, None)
-        input_ids, attention, completion = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
-        policy_h, ref_h = self._latents(input_ids, attention)
-        if self.base.loss is not None:
-            loss = self._preference_loss(policy_h, ref_h, inputs)
-        loss = loss + self._term(policy_h, ref_h, attention, completion)
+        loss = self._regularized(loss, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], inputs)
         return (loss, outputs) if return_outputs else loss
 
     def _cpo_loss(self, original: Callable[..., Any], model: Any, batch: dict[str, Any], train_eval="train") -> Any:
@@ -154,19 +150,19 @@ class GANPOAttachment(TrainerAttachment):
         )
         input_ids, attention = concat["concatenated_input_ids"], concat["concatenated_attention_mask"]
         response = concat["concatenated_labels"] != -100  # CPO labels: -100 on prompt and padding
-        policy_h, ref_h = self._latents(input_ids, attention)
-        return loss + self._term(policy_h, ref_h, attention, response), metrics
+        return self._regularized(loss, input_ids, attention, response), metrics
 
-    def _latents(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def _regularized(self, loss: Tensor, input_ids: Tensor, attention: Tensor, response: Tensor, inputs=None) -> Tensor:
+        """``L_PO + λ · L_reg``; ``L_PO`` replaced by the configured base loss where the package
+        computes it (DPO ``inputs`` given)."""
         assert self.runner is not None
-        reference = (lambda: self._reference_hidden(input_ids, attention_mask)) if self.own_reference else None
-        return self.runner.latents(tuple(input_ids.shape), reference)
-
-    def _term(self, policy_h: Tensor, ref_h: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Tensor:
-        assert self.runner is not None
+        reference = (lambda: self._reference_hidden(input_ids, attention)) if self.own_reference else None
+        policy_h, ref_h = self.runner.latents(tuple(input_ids.shape), reference)
+        if inputs is not None and self.base.loss is not None:
+            loss = self._preference_loss(policy_h, ref_h, inputs)
         training = self.trainer.model.training and torch.is_grad_enabled()
-        batch = LatentBatch.from_concatenated(policy_h, ref_h, attention_mask, response_mask)
-        return self.runner.step(batch, self._step_info() if training else None)
+        batch = LatentBatch.from_concatenated(policy_h, ref_h, attention, response)
+        return loss + self.runner.step(batch, self._step_info() if training else None)
 
     def _preference_loss(self, policy_h: Tensor, ref_h: Tensor, inputs: dict[str, Any]) -> Tensor:
         """The configured base loss on log-probabilities computed from the captured hidden states

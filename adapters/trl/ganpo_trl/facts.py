@@ -22,32 +22,25 @@ EQUIVALENTS: dict[str, dict[str, str]] = {
 def facts_from_trainer(trainer: Any, kind: str) -> HostFacts:
     """``kind``: ``dpo`` (``DPOTrainer``), ``cpo`` (``CPOTrainer``) or ``online_dpo``."""
     args = trainer.args
+    keys = {"loss_types": "loss_type", "fused_loss": "use_liger_kernel", "packing": "padding_free"}
+    common: dict[str, Any] = {"style": "args", "keys": {**keys, "router_aux_loss": "router_aux_loss_coef"}}
+    common["equivalents"] = EQUIVALENTS[kind]
     if kind == "cpo":
-        return HostFacts(
-            style="args",
-            keys={"loss_types": "loss_type"},
-            reference_free=True,
-            loss_types=(args.loss_type,),
-            equivalents=EQUIVALENTS[kind],
-            simpo_gamma=args.simpo_gamma,
-            loss_modifiers={
-                "label_smoothing": (args.label_smoothing, 0.0),
-                "alpha": (args.alpha, 0.0),  # AlphaPO's reward shape
-                "cpo_alpha": (args.cpo_alpha, 0.0),  # CPO's NLL term, added to the loss
-            },
-            encoder_decoder=bool(getattr(args, "is_encoder_decoder", False)),
-        )
+        modifiers = {
+            "label_smoothing": (args.label_smoothing, 0.0),
+            "alpha": (args.alpha, 0.0),  # AlphaPO's reward shape
+            "cpo_alpha": (args.cpo_alpha, 0.0),  # CPO's NLL term, added to the loss
+        }
+        encoder_decoder = bool(getattr(args, "is_encoder_decoder", False))
+        return HostFacts(**common, reference_free=True, loss_types=(args.loss_type,), simpo_gamma=args.simpo_gamma,
+                         loss_modifiers=modifiers, encoder_decoder=encoder_decoder)  # fmt: skip
     if kind == "online_dpo":
-        return HostFacts(
-            style="args", keys={"loss_types": "loss_type"}, loss_types=(args.loss_type,), equivalents=EQUIVALENTS[kind]
-        )
+        return HostFacts(**common, loss_types=(args.loss_type,))
     divergence = str(getattr(args.f_divergence_type, "value", args.f_divergence_type))
     return HostFacts(
-        style="args",
-        keys={"loss_types": "loss_type", "fused_loss": "use_liger_kernel", "packing": "padding_free"},
+        **common,
         loss_types=tuple(trainer.loss_types),  # the trainer's own copy (the adapter may set it)
         loss_weights=tuple(trainer.loss_weights),
-        equivalents=EQUIVALENTS[kind],
         loss_modifiers={
             "f_divergence_type": (divergence, "reverse_kl"),
             "use_weighting": (bool(args.use_weighting), False),
