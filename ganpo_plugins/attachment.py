@@ -27,8 +27,13 @@ class Attachment:
     """A regularizer attached to one host trainer. ``runner`` may be ``None`` until the host knows
     the run's length (the subclass builds it)."""
 
+    #: What every attachment changes itself (a subclass's ``WRAPPED`` lists these too).
+    CORE_WRAPPED: ClassVar[Mapping[str, str]] = {
+        f"trainer.{_MARK} (marks the trainer as attached)": "removed",
+        "forward hooks on the decoder bodies of the tapped models (policy, reference)": "removed",
+    }
     #: Every host object the attachment changes, and how ``detach()`` undoes it.
-    WRAPPED: ClassVar[Mapping[str, str]] = {}
+    WRAPPED: ClassVar[Mapping[str, str]] = CORE_WRAPPED
     #: The host and its version, for messages (``"trl 1.16.0"``).
     host: str = "the host"
 

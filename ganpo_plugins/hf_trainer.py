@@ -45,8 +45,7 @@ class TrainerAttachment(Attachment):
     SHARED_WRAPPED: ClassVar[dict[str, str]] = {
         "trainer.log, trainer.save_model, trainer._load_optimizer_and_scheduler": "instance attributes removed",
         "trainer callbacks: one build callback": "removed",
-        "trainer._ganpo_attachment (marks the trainer as attached)": "removed",
-        "forward hooks on the decoder bodies of policy and reference": "removed",
+        **Attachment.CORE_WRAPPED,
     }
 
     def __init__(self, trainer: Any, config: RegularizerConfig) -> None:

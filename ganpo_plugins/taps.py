@@ -150,7 +150,7 @@ class HiddenStateTap:
     @contextlib.contextmanager
     def capturing(self) -> Iterator[list[TapRecord]]:
         """Record only inside this block (a host that also generates keeps the tap off outside
-        its loss path); yields the list the block's records are appended to."""
+        its loss path); yields a list that holds the block's records once the block ends."""
         start, self.enabled = len(self.records), True
         new: list[TapRecord] = []
         try:

@@ -110,17 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     run.quiet_libraries()
     import transformers
     import trl
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     sft_dir, _ = run.sft_and_pairs(sizes, args.cache, log)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(sft_dir)
-    sft_model = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
-    runs: list[dict] = []
-    for seed in sizes.seeds:
-        row = {"method": "sft", "arm": "sft", "seed": seed, "train_s": 0.0}
-        row.update(tp.evaluate(sft_model, sft_model, tokenizer, sizes, seed, None))
-        runs.append(row)
-    log("SFT evaluated: " + toy_report.brief(runs[-1]))
+    tokenizer, sft_model, runs = run.sft_baseline(sft_dir, sizes, log)
     for seed in sizes.seeds:
         for arm in args.arms:
             t0 = time.time()

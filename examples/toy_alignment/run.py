@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]  # its outputs/ is git-ignored: cached models never land in a commit
@@ -70,6 +71,22 @@ def sft_and_pairs(sizes: tp.Sizes, cache: Path, log) -> tuple[Path, list[dict[st
     return sft_dir, pairs
 
 
+def sft_baseline(sft_dir: Path, sizes: tp.Sizes, log: Callable[[str], None]) -> tuple[Any, Any, list[dict]]:
+    """The SFT tokenizer and model, and the model's evaluation rows (one per seed): the baseline
+    every arm of a study is compared with."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(sft_dir)
+    sft_model = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
+    runs: list[dict] = []
+    for seed in sizes.seeds:
+        row = {"method": "sft", "arm": "sft", "seed": seed, "train_s": 0.0}
+        row.update(tp.evaluate(sft_model, sft_model, tokenizer, sizes, seed, None))
+        runs.append(row)
+    log("SFT evaluated: " + toy_report.brief(runs[-1]))
+    return tokenizer, sft_model, runs
+
+
 def clock_logger(start: float) -> Callable[[str], None]:
     """``log(msg)``: print ``msg`` with the seconds since ``start`` (a ``time.time()``), flushed."""
 
@@ -117,17 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     import transformers
     import trl
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     sft_dir, pairs = sft_and_pairs(sizes, cache, log)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(sft_dir)
-    sft_model = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
-    runs: list[dict] = []
-    for seed in sizes.seeds:
-        row = {"method": "sft", "arm": "sft", "seed": seed, "train_s": 0.0}
-        row.update(tp.evaluate(sft_model, sft_model, tokenizer, sizes, seed, None))
-        runs.append(row)
-    log("SFT evaluated: " + toy_report.brief(runs[-1]))
+    tokenizer, sft_model, runs = sft_baseline(sft_dir, sizes, log)
     for method in args.methods:
         for seed in sizes.seeds:
             for arm in args.arms:

@@ -125,6 +125,13 @@ def test_base_loss_conflicts_are_refused(make_trainer: Callable[..., OnlineDPOTr
         attach_regularizer(make_trainer(loss_type="ipo"), {"preference_loss": "squared"})
 
 
+def test_ref_model_is_refused_the_trainer_runs_its_own(make_trainer: Callable[..., OnlineDPOTrainer]) -> None:
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match=r"OnlineDPOTrainer runs its own.*pass the reference to the trainer"):
+        attach_regularizer(trainer, {}, ref_model=trainer.model)
+    assert "_ganpo_attachment" not in vars(trainer)
+
+
 def test_metrics_and_one_discriminator_step_per_optimiser_step(make_trainer: Callable[..., OnlineDPOTrainer]) -> None:
     trainer = make_trainer(gradient_accumulation_steps=2)
     handle = attach_regularizer(trainer, {"weight": 1.0, **SMALL_D})

@@ -65,8 +65,7 @@ class OpenRLHFAttachment(Attachment):
         "trainer.loss_fn": "previous value restored",
         "trainer.concatenated_forward, .save_logs_and_checkpoints, .evaluate, .fit": "instance attributes removed",
         "the policy's DeepSpeed engine .save_checkpoint": "instance attribute removed",
-        "trainer._ganpo_attachment (marks the trainer as attached)": "removed",
-        "forward hooks on the decoder bodies of policy and reference": "removed",
+        **Attachment.CORE_WRAPPED,
     }
 
     def __init__(self, trainer: Any, config: RegularizerConfig) -> None:

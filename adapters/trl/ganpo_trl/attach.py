@@ -47,8 +47,20 @@ def attach_regularizer(
     Raises ``TypeError`` for other trainers, :class:`~ganpo_plugins.hosts.HostVersionError`
     outside the supported TRL range, and ``ValueError`` (naming the settings) for combinations
     the adapter cannot run faithfully or a trainer that already has a regularizer attached."""
-    cls = OnlineDPOAttachment if trainer_kind(trainer) == "online_dpo" else GANPOAttachment
-    return cls(trainer, parse_config(config), ref_model=ref_model)
+    if trainer_kind(trainer) == "online_dpo":
+        _refuse_ref_model(trainer, ref_model)
+        return OnlineDPOAttachment(trainer, parse_config(config))
+    return GANPOAttachment(trainer, parse_config(config), ref_model=ref_model)
+
+
+def _refuse_ref_model(trainer: Any, ref_model: Any) -> None:
+    """``ref_model=`` is only for trainers that run no reference forward of their own."""
+    if ref_model is not None:
+        raise ValueError(
+            f"ref_model= is for trainers that run no reference forward; this {type(trainer).__name__} runs its "
+            "own (its ref_model, or the adapter-disabled policy), whose hidden states the regularizer uses: "
+            "pass the reference to the trainer instead"
+        )
 
 
 class GANPOAttachment(TrainerAttachment):
@@ -73,12 +85,8 @@ class GANPOAttachment(TrainerAttachment):
         super().__init__(trainer, config)
         self.base = check_host(facts_from_trainer(trainer, self.kind), config)
         self.own_reference = self.kind == "cpo" or bool(getattr(trainer.args, "precompute_ref_log_probs", False))
-        if ref_model is not None and not self.own_reference:
-            raise ValueError(
-                f"ref_model= is for trainers that run no reference forward; this {type(trainer).__name__} runs its "
-                "own (its ref_model, or the adapter-disabled policy), whose hidden states the regularizer uses: "
-                "pass the reference to the trainer instead"
-            )
+        if not self.own_reference:
+            _refuse_ref_model(trainer, ref_model)
         self.reference = self._pick_reference(ref_model) if self.own_reference else None
         loss = {"dpo": ("_compute_loss", self._dpo_loss), "cpo": ("get_batch_loss_metrics", self._cpo_loss)}
         name, wrapper = loss[self.kind]

@@ -62,15 +62,9 @@ class OnlineDPOAttachment(TrainerAttachment):
         **TrainerAttachment.SHARED_WRAPPED,
     }
 
-    def __init__(self, trainer: Any, config: RegularizerConfig, ref_model: Any = None) -> None:
+    def __init__(self, trainer: Any, config: RegularizerConfig) -> None:
         if trainer_kind(trainer) != "online_dpo":
             raise TypeError(f"OnlineDPOAttachment needs a trl OnlineDPOTrainer, got {type(trainer).__name__}")
-        if ref_model is not None:
-            raise ValueError(
-                "ref_model= is for trainers that run no reference forward; OnlineDPOTrainer runs its own (its "
-                "ref_model, or the adapter-disabled policy), whose hidden states the regularizer uses: pass the "
-                "reference to the trainer instead"
-            )
         self.host = f"trl {require_host('trl')}"
         super().__init__(trainer, config)
         self.base = check_host(facts_from_trainer(trainer, "online_dpo"), config)

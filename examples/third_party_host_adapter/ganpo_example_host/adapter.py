@@ -45,8 +45,7 @@ class MiniDPOAttachment(Attachment):
         "loop.objective: the configured preference_loss (only when set)": "instance attribute removed",
         "loop.log: adds the ganpo/* metrics": "instance attribute removed",
         "loop.save, loop.load: the regularizer state beside the loop's": "instance attributes removed",
-        "loop._ganpo_attachment (marks the loop as attached)": "removed",
-        "forward hooks on the decoder bodies of loop.policy and loop.reference": "removed",
+        **Attachment.CORE_WRAPPED,
     }
 
     def __init__(self, loop: MiniDPOLoop, config: RegularizerConfig) -> None:
