@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "HostVersionError",
     "attach",
     "doctor_report",
+    "host_class",
     "installed_version",
     "require_host",
 ]
@@ -160,6 +162,16 @@ def doctor_report() -> str:
             status = "supported, between tested ends"
         rows.append(f"| {host.name} | {installed or '-'} | {host.range} | {tested} | {status} | {host.features} |")
     return "\n".join(rows)
+
+
+def host_class(obj: Any, module_prefix: str, names: Collection[str]) -> str | None:
+    """The name of the first class in ``type(obj)``'s hierarchy that is named in ``names`` and
+    defined in a module under ``module_prefix`` (``"trl."``), else ``None``: how a host adapter
+    claims a trainer (and its subclasses), by names, so a process without that host never imports it."""
+    for cls in type(obj).__mro__:
+        if cls.__module__.startswith(module_prefix) and cls.__name__ in names:
+            return cls.__name__
+    return None
 
 
 def attach(trainer: Any, config: Any = None, **options: Any) -> Any:

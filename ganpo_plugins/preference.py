@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .functional import GPO_KINDS, gpo_loss, preference_logits, simpo_loss
 
-__all__ = ["PairLogps", "PreferenceLoss", "builtin_preference_losses"]
+__all__ = ["PairLogps", "PreferenceLoss", "builtin_preference_losses", "chosen_then_rejected"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,16 @@ class PairLogps:
         lay theirs out: every chosen response first, then every rejected one."""
         ref_pair = (None, None) if ref is None else ref.chunk(2)
         return cls(*policy.chunk(2), *ref_pair, *lengths.chunk(2))
+
+
+def chosen_then_rejected(first_wins: Tensor) -> Tensor:
+    """Row indices that turn two samples per prompt, stacked ``[first; second]`` on dim 0 (sample
+    ``i`` and ``i + B`` for prompt ``i``, as online trainers sample them), into the ``[chosen;
+    rejected]`` layout :meth:`PairLogps.from_concatenated` reads: chosen ``i + B·¬w_i``, rejected
+    ``i + B·w_i``, where ``first_wins[i]`` says the first sample is preferred."""
+    size = first_wins.shape[0]
+    rows = torch.arange(size, device=first_wins.device)
+    return torch.cat((rows + size * ~first_wins, rows + size * first_wins))
 
 
 @dataclass(frozen=True)

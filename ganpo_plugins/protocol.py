@@ -82,6 +82,21 @@ class LatentBatch:
         raise ValueError(f"unknown mask mode {mode!r}; known modes: {', '.join(MASK_MODES)}")
 
 
+def prompt_completion_masks(prompt_mask: Tensor, completion_mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """The attention and response masks ``[N, length]`` of sequences laid out as a (left-padded)
+    prompt then a completion, for hidden states of ``length`` positions: a host that truncates
+    prompts on the left to its maximum length keeps the last ``length − Tc`` prompt positions."""
+    kept = length - completion_mask.shape[1]
+    if not 0 <= kept <= prompt_mask.shape[1]:
+        raise RuntimeError(
+            f"hidden states of length {length} do not cover prompt {prompt_mask.shape[1]} + completion "
+            f"{completion_mask.shape[1]} tokens (vision inputs or virtual tokens are not supported): the regularizer "
+            "needs one hidden state per input token"
+        )
+    prompt, completion = prompt_mask[:, prompt_mask.shape[1] - kept :].bool(), completion_mask.bool()
+    return torch.cat((prompt, completion), 1), torch.cat((torch.zeros_like(prompt), completion), 1)
+
+
 def _shape_error(name: str, tensor: Tensor, hidden_name: str, hidden: Tensor) -> str:
     return (
         f"LatentBatch: {name} has shape {list(tensor.shape)} but {hidden_name} has shape {list(hidden.shape)}; "

@@ -18,7 +18,7 @@ from ganpo_plugins.functional import (
     rbf_mmd2,
     simpo_loss,
 )
-from ganpo_plugins.preference import PairLogps, builtin_preference_losses
+from ganpo_plugins.preference import PairLogps, builtin_preference_losses, chosen_then_rejected
 
 XS = [-2.0, -0.5, 0.0, 0.3, 1.0, 2.5]
 
@@ -173,6 +173,12 @@ def test_pair_from_concatenated_takes_chosen_first_then_rejected() -> None:
     pair = PairLogps.from_concatenated(torch.tensor([1.0, 2.0, 3.0, 4.0]), None, torch.tensor([5, 6, 7, 8]))
     assert pair.policy_chosen.tolist() == [1.0, 2.0] and pair.policy_rejected.tolist() == [3.0, 4.0]
     assert pair.ref_chosen is None and pair.rejected_lengths.tolist() == [7, 8]
+
+
+def test_two_samples_per_prompt_are_ordered_chosen_then_rejected() -> None:
+    # samples 0..2 (first) vs 3..5 (second): 1 ≥ 0, 0 < 1, 2 ≥ 2 (a tie: the first sample is chosen)
+    first, second = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 2.0])
+    assert chosen_then_rejected(first >= second).tolist() == [0, 4, 2, 3, 1, 5]
 
 
 def test_losses_return_the_implicit_rewards() -> None:

@@ -49,3 +49,12 @@ def test_doctor_prints_every_host() -> None:
     for name in hosts.HOSTS:
         assert f"| {name} |" in out
     assert "torch" in out.splitlines()[0]
+
+
+def test_host_class_claims_host_classes_and_their_subclasses_by_name() -> None:
+    host_dpo = type("DPOTrainer", (), {"__module__": "host.trainer.dpo"})
+    user_dpo = type("MyDPOTrainer", (host_dpo,), {"__module__": "my_project"})
+    same_name_elsewhere = type("DPOTrainer", (), {"__module__": "other.dpo"})
+    assert hosts.host_class(user_dpo(), "host.", ("DPOTrainer", "CPOTrainer")) == "DPOTrainer"
+    assert hosts.host_class(same_name_elsewhere(), "host.", ("DPOTrainer",)) is None
+    assert hosts.host_class(object(), "host.", ("DPOTrainer",)) is None

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ganpo_plugins import LatentBatch, LatentRegularizer, MMDRegularizer, RegularizerContext, StepInfo, parse_config
+from ganpo_plugins.protocol import prompt_completion_masks
 from ganpo_plugins.registry import known_names, resolve
 from ganpo_plugins.runner import RegularizerRunner, split_policy_reference, state_path
 from ganpo_plugins.taps import HiddenStateTap, TapRecord, find_output_embeddings
@@ -135,6 +136,19 @@ def _batch(seed: int) -> LatentBatch:
 
 SMALL = {"discriminator": {"d_model": 16, "num_heads": 2, "ffn_size": 16, "num_layers": 1}}
 CTX = RegularizerContext(hidden_size=H, policy_lr=1e-3, total_steps=10)
+
+
+def test_prompt_completion_masks_follow_a_left_truncated_prompt() -> None:
+    prompt = torch.tensor([[0, 1, 1], [1, 1, 1]])  # left-padded
+    completion = torch.tensor([[1, 1], [1, 0]])  # right-padded
+    attention, response = prompt_completion_masks(prompt, completion, 5)  # nothing truncated
+    assert attention.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    assert response.tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 1, 0]]
+    attention, response = prompt_completion_masks(prompt, completion, 4)  # the host kept the last 2 prompt tokens
+    assert attention.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]] and response.tolist() == [[0, 0, 1, 1], [0, 0, 1, 0]]
+    for length in (1, 6):  # shorter than the completion, longer than prompt + completion
+        with pytest.raises(RuntimeError, match="one hidden state per input token"):
+            prompt_completion_masks(prompt, completion, length)
 
 
 def test_runner_steps_averages_metrics_and_separates_eval() -> None:

@@ -19,7 +19,6 @@ pytest.importorskip("trl.experimental.online_dpo", reason="needs TRL >= 1.9 with
 
 from datasets import Dataset
 from ganpo_trl import OnlineDPOAttachment, attach_regularizer
-from ganpo_trl.online import _chosen_then_rejected
 from transformers import TrainerCallback
 from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
@@ -97,12 +96,6 @@ class Spy(TrainerCallback):
 
 def train_logs(trainer: Any) -> list[dict[str, Any]]:
     return [e for e in trainer.state.log_history if "loss" in e]
-
-
-def test_pair_order_is_trls_rule() -> None:
-    # rewards of completions 0..2 (first half) vs 3..5 (second half): 1 ≥ 0, 0 < 1, 2 ≥ 2 (a tie: first)
-    first, second = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 2.0])
-    assert _chosen_then_rejected(first >= second).tolist() == [0, 4, 2, 3, 1, 5]
 
 
 def test_attach_claims_the_trainer_and_detach_undoes_it(make_trainer: Callable[..., OnlineDPOTrainer]) -> None:

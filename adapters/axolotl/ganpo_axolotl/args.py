@@ -1,20 +1,15 @@
-"""The ``ganpo:`` block of an Axolotl config, validated with the rest of the config.
-
-Axolotl merges this model into its own config model (``get_input_args``), so a bad value stops
-``axolotl train`` at config validation, before any model or dataset loads, with a message naming
-the key. The model validator reports the facts of the TRL trainer Axolotl will build, in
-Axolotl's spelling, to the core's host rules (:func:`ganpo_plugins.host_rules.check_host`).
-"""
+"""The ``ganpo:`` block, merged into Axolotl's config model (``get_input_args``): a bad value, or a
+setting the core's host rules refuse for the TRL trainer Axolotl will build, stops ``axolotl train``
+at config validation, before any model or dataset loads, with a message naming the key."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ganpo_trl.facts import EQUIVALENTS
+from ganpo_trl.facts import facts_from_args
 from pydantic import BaseModel, Field, model_validator
 
-from ganpo_plugins import parse_config
-from ganpo_plugins.config import RegularizerBlock
+from ganpo_plugins.config import RegularizerBlock, parse_config
 from ganpo_plugins.host_rules import HostFacts, check_host
 
 from .plugin import ganpo_enabled
@@ -22,6 +17,12 @@ from .plugin import ganpo_enabled
 __all__ = ["GANPOArgs", "facts_from_cfg"]
 
 SUPPORTED_RL = ("dpo", "ipo", "simpo")
+# The DPOConfig arguments Axolotl sets for rl: dpo / ipo, each from its key ``dpo_<name>`` (for simpo,
+# CPOConfig's simpo_gamma and cpo_alpha, named as TRL names them); Axolotl's keys of the other facts.
+DPO_KEYS = {name: f"dpo_{name}" for name in
+            ("loss_type", "loss_weights", "use_liger_kernel", "use_weighting", "label_smoothing")}  # fmt: skip
+FACT_KEYS = {"sequence_parallel": "context_parallel_size", "meta_reference": "fsdp_config.cpu_ram_efficient_loading",
+             "sharded_precompute": "precompute_ref_log_probs"}  # fmt: skip
 
 
 class GANPOArgs(BaseModel):
@@ -45,44 +46,27 @@ class GANPOArgs(BaseModel):
 
 
 def facts_from_cfg(cfg: dict[str, Any], rl: str) -> HostFacts:
-    """The facts of the TRL trainer Axolotl builds from ``cfg`` (``rl``: dpo, ipo or simpo),
-    named as Axolotl's keys."""
+    """The facts of the TRL trainer Axolotl builds from ``cfg`` for ``rl``, named by Axolotl's keys."""
     fsdp = cfg.get("fsdp_config")
     fsdp = fsdp.model_dump() if isinstance(fsdp, BaseModel) else dict(fsdp or {})
     sharded = bool(fsdp or cfg.get("fsdp"))
     fsdp2 = sharded and str(cfg.get("fsdp_version") or fsdp.get("fsdp_version") or 1) == "2"  # Axolotl's default: 1
     reference_loaded = not cfg.get("adapter") or bool(cfg.get("rl_adapter_ref_model"))
     packing = "dpo_padding_free" if cfg.get("dpo_padding_free") else "sample_packing"
-    keys = {
-        "loss_types": "rl" if rl in ("ipo", "simpo") else "dpo_loss_type",
-        "fused_loss": "dpo_use_liger_kernel",
-        "packing": packing,
-        "sequence_parallel": "context_parallel_size",
-        "meta_reference": "fsdp_config.cpu_ram_efficient_loading",
-        "sharded_precompute": "precompute_ref_log_probs",
-    }
-    common = {
-        "packing": bool(cfg.get(packing)),
-        "sequence_parallel": cfg.get("context_parallel_size") or 1,
-        "sharded_precompute": fsdp2 and bool(cfg.get("precompute_ref_log_probs")) and reference_loaded,
-    }
-    if rl == "simpo":
-        # The second model Axolotl loads for SimPO is the reference the adapter runs: without
-        # weights on ranks > 0 under cpu_ram_efficient_loading. TRL's cpo_alpha default is 1.0.
-        cpo_alpha = 1.0 if cfg.get("cpo_alpha") is None else cfg["cpo_alpha"]
-        return HostFacts(
-            style="yaml", keys=keys, reference_free=True, loss_types=("simpo",), equivalents=EQUIVALENTS["cpo"],
-            simpo_gamma=cfg.get("simpo_gamma"), loss_modifiers={"cpo_alpha": (cpo_alpha, 0.0)},
-            meta_reference=sharded and bool(fsdp.get("cpu_ram_efficient_loading")), **common,
-        )  # fmt: skip
-    weights = cfg.get("dpo_loss_weights")
-    return HostFacts(
-        style="yaml", keys={**keys, "use_weighting": "dpo_use_weighting", "label_smoothing": "dpo_label_smoothing"},
-        loss_types=("ipo",) if rl == "ipo" else tuple(cfg.get("dpo_loss_type") or ("sigmoid",)),
-        loss_weights=None if weights is None else tuple(weights), equivalents=EQUIVALENTS["dpo"],
-        loss_modifiers={
-            "use_weighting": (bool(cfg.get("dpo_use_weighting")), False),
-            "label_smoothing": (cfg.get("dpo_label_smoothing") or 0.0, 0.0),
-        },
-        fused_loss=bool(cfg.get("dpo_use_liger_kernel")), **common,
+    if rl == "simpo":  # an unset cpo_alpha is left to TRL, whose default (1.0) adds CPO's NLL term
+        alpha = cfg.get("cpo_alpha")
+        args = {"simpo_gamma": cfg.get("simpo_gamma"), "cpo_alpha": 1.0 if alpha is None else alpha}
+    else:
+        args = {trl: cfg.get(key) for trl, key in DPO_KEYS.items() if cfg.get(key) is not None}
+    args["padding_free"] = bool(cfg.get(packing))
+    if rl != "dpo":
+        args["loss_type"] = rl
+    return facts_from_args(
+        "cpo" if rl == "simpo" else "dpo", args, style="yaml",
+        keys={**DPO_KEYS, **FACT_KEYS, "packing": packing, **({"loss_types": "rl"} if rl != "dpo" else {})},
+        sequence_parallel=cfg.get("context_parallel_size") or 1,
+        sharded_precompute=fsdp2 and bool(cfg.get("precompute_ref_log_probs")) and reference_loaded,
+        # For SimPO the adapter runs the second model Axolotl loads as the reference: without
+        # weights on ranks > 0 under cpu_ram_efficient_loading.
+        meta_reference=rl == "simpo" and sharded and bool(fsdp.get("cpu_ram_efficient_loading")),
     )  # fmt: skip

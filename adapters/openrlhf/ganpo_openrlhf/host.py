@@ -8,19 +8,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ganpo_plugins import hookimpl
-
-
-def _is_openrlhf_dpo_trainer(trainer: Any) -> bool:
-    # Decided from the class hierarchy's module names, so a process without OpenRLHF never imports it.
-    return any(
-        cls.__module__ == "openrlhf.trainer.dpo_trainer" and cls.__name__ == "DPOTrainer"
-        for cls in type(trainer).__mro__
-    )
+from ganpo_plugins.hosts import host_class
 
 
 @hookimpl
 def ganpo_attach(trainer: Any, config: Any, options: Mapping[str, Any]) -> Any | None:
-    if not _is_openrlhf_dpo_trainer(trainer):
+    if host_class(trainer, "openrlhf.trainer.dpo_trainer", ("DPOTrainer",)) is None:
         return None
     if options:
         raise TypeError(f"the OpenRLHF adapter takes no options, got {sorted(options)}")

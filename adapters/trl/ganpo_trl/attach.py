@@ -11,13 +11,10 @@ reference the adapter's own reference forward runs, and what it costs: docs/adap
 
 from __future__ import annotations
 
-import inspect
-import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-from accelerate.utils import is_peft_model
 from torch import Tensor
 
 from ganpo_plugins import LatentBatch, PairLogps, RegularizerConfig, parse_config
@@ -26,15 +23,13 @@ from ganpo_plugins.host_rules import check_host
 from ganpo_plugins.hosts import require_host
 from ganpo_plugins.logprobs import LogitHead, completion_logps
 from ganpo_plugins.report import announce_on
-from ganpo_plugins.taps import frozen_copy, reference_forward, require_weights
+from ganpo_plugins.taps import reference_forward, require_weights
 
 from .facts import facts_from_trainer
 from .host import trainer_kind
 from .online import OnlineDPOAttachment
 
 __all__ = ["GANPOAttachment", "attach_regularizer"]
-
-logger = logging.getLogger(__name__)
 
 
 def attach_regularizer(
@@ -48,19 +43,18 @@ def attach_regularizer(
     outside the supported TRL range, and ``ValueError`` (naming the settings) for combinations
     the adapter cannot run faithfully or a trainer that already has a regularizer attached."""
     if trainer_kind(trainer) == "online_dpo":
-        _refuse_ref_model(trainer, ref_model)
+        if ref_model is not None:
+            raise _ref_model_refused(trainer)
         return OnlineDPOAttachment(trainer, parse_config(config))
     return GANPOAttachment(trainer, parse_config(config), ref_model=ref_model)
 
 
-def _refuse_ref_model(trainer: Any, ref_model: Any) -> None:
-    """``ref_model=`` is only for trainers that run no reference forward of their own."""
-    if ref_model is not None:
-        raise ValueError(
-            f"ref_model= is for trainers that run no reference forward; this {type(trainer).__name__} runs its "
-            "own (its ref_model, or the adapter-disabled policy), whose hidden states the regularizer uses: "
-            "pass the reference to the trainer instead"
-        )
+def _ref_model_refused(trainer: Any) -> ValueError:
+    return ValueError(
+        f"ref_model= is for trainers that run no reference forward; this {type(trainer).__name__} runs its "
+        "own (its ref_model, or the adapter-disabled policy), whose hidden states the regularizer uses: "
+        "pass the reference to the trainer instead"
+    )
 
 
 class GANPOAttachment(TrainerAttachment):
@@ -69,7 +63,6 @@ class GANPOAttachment(TrainerAttachment):
 
     WRAPPED: ClassVar[dict[str, str]] = {
         "trainer._compute_loss (DPO) / trainer.get_batch_loss_metrics (CPO)": "instance attribute removed",
-        "trainer.evaluation_loop": "instance attribute removed",
         "trainer.loss_types, trainer.loss_weights (only for a TRL-computed GPO kind)": "previous values restored",
         **TrainerAttachment.SHARED_WRAPPED,
     }
@@ -84,46 +77,26 @@ class GANPOAttachment(TrainerAttachment):
         self.host = f"trl {require_host('trl')}"
         super().__init__(trainer, config)
         self.base = check_host(facts_from_trainer(trainer, self.kind), config)
-        self.own_reference = self.kind == "cpo" or bool(getattr(trainer.args, "precompute_ref_log_probs", False))
-        if not self.own_reference:
-            _refuse_ref_model(trainer, ref_model)
-        self.reference = self._pick_reference(ref_model) if self.own_reference else None
-        loss = {"dpo": ("_compute_loss", self._dpo_loss), "cpo": ("get_batch_loss_metrics", self._cpo_loss)}
-        name, wrapper = loss[self.kind]
-        self._install({name: wrapper, "evaluation_loop": self._evaluation_loop})
+        # CPO runs no reference, DPO none with precomputed reference log-probs: the adapter runs one.
+        own_reference = self.own_reference = self.kind == "cpo" or bool(trainer.args.precompute_ref_log_probs)
+        if ref_model is not None and not own_reference:
+            raise _ref_model_refused(trainer)
+        self.reference = self._own_reference(ref_model) if own_reference else None
+        self._install(
+            {"_compute_loss": self._dpo_loss} if self.kind == "dpo" else {"get_batch_loss_metrics": self._cpo_loss}
+        )
         if self.base.host_loss_type is not None and self.kind == "dpo":
             self._set(trainer, "loss_types", [self.base.host_loss_type])
             self._set(trainer, "loss_weights", [1.0])
-        if not self.own_reference:
+        if not own_reference:
             ref = "the trainer's " + ("reference forward" if trainer.ref_model is not None else "adapter-disabled pass")
         else:
-            what = "reference model" if self.reference is not None else "PEFT base model"
-            ref = f"an extra no-grad forward of the {what}"
+            ref = f"an extra no-grad forward of the {'PEFT base' if self.reference is None else 'reference'} model"
         announce_on(
             config, f"{type(trainer).__name__} ({self.host})", base=self.base.describe("TRL"), reference=ref,
             hidden="the decoder's final-norm output of the trainer's own forwards",
             main=trainer.accelerator.is_main_process,
         )  # fmt: skip
-
-    def _pick_reference(self, ref_model: Any) -> Any:
-        trainer = self.trainer
-        if ref_model is not None or getattr(trainer, "ref_model", None) is not None:
-            return ref_model if ref_model is not None else trainer.ref_model
-        policy = trainer.accelerator.unwrap_model(trainer.model)
-        if is_peft_model(policy):
-            return None  # the policy with its adapters disabled
-        deepspeed = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-        if trainer.state.global_step > 0 or (deepspeed is not None and deepspeed.zero_stage == 3):
-            raise ValueError(
-                "this trainer runs no reference forward and holds no reference model; the regularizer needs "
-                "reference hidden states: pass ref_model= (the frozen initial policy) to attach_regularizer"
-            )
-        logger.warning(
-            "ganpo: %s runs no reference forward; using a frozen copy of the policy taken now as the reference "
-            "(one more model in memory: pass ref_model= to choose it yourself)",
-            type(trainer).__name__,
-        )
-        return frozen_copy(policy)
 
     def _build(self, args: Any, state: Any) -> None:
         policy, ref = self.trainer.model, self.reference if self.own_reference else self.trainer.ref_model
@@ -134,16 +107,10 @@ class GANPOAttachment(TrainerAttachment):
 
     # -- the loss -----------------------------------------------------------------------------
 
-    def _run_captured(self, original: Callable[..., Any], *args: Any) -> Any:
-        assert self.runner is not None
-        self.runner.tap.take()
-        with self.runner.tap.capturing():
-            return original(*args)
-
     def _dpo_loss(self, original: Callable[..., Any], model: Any, inputs: dict[str, Any], return_outputs=False) -> Any:
         if self.runner is None:
             return original(model, inputs, return_outputs)
-        result = self._run_captured(original, model, inputs, return_outputs)
+        result = self._captured(original, model, inputs, return_outputs)
         loss, outputs = result if return_outputs else (result, None)
         loss = self._regularized(loss, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], inputs)
         return (loss, outputs) if return_outputs else loss
@@ -151,7 +118,7 @@ class GANPOAttachment(TrainerAttachment):
     def _cpo_loss(self, original: Callable[..., Any], model: Any, batch: dict[str, Any], train_eval="train") -> Any:
         if self.runner is None:
             return original(model, batch, train_eval)
-        loss, metrics = self._run_captured(original, model, batch, train_eval)
+        loss, metrics = self._captured(original, model, batch, train_eval)
         trainer = self.trainer
         concat = trainer.concatenated_inputs(
             batch, is_encoder_decoder=False, padding_value=trainer.pad_token_id, device=trainer.accelerator.device
@@ -168,9 +135,8 @@ class GANPOAttachment(TrainerAttachment):
         policy_h, ref_h = self.runner.latents(tuple(input_ids.shape), reference)
         if inputs is not None and self.base.loss is not None:
             loss = self._preference_loss(policy_h, ref_h, inputs)
-        training = self.trainer.model.training and torch.is_grad_enabled()
         batch = LatentBatch.from_concatenated(policy_h, ref_h, attention, response)
-        return loss + self.runner.step(batch, self._step_info() if training else None)
+        return loss + self.runner.step(batch, self._step_info())
 
     def _preference_loss(self, policy_h: Tensor, ref_h: Tensor, inputs: dict[str, Any]) -> Tensor:
         """The configured base loss on log-probabilities computed from the captured hidden states
@@ -202,12 +168,3 @@ class GANPOAttachment(TrainerAttachment):
         gc_kwargs = self.trainer.args.gradient_checkpointing_kwargs
         with autocast, use_adapter(model, adapter), disable_gradient_checkpointing(model, gc_kwargs):
             return reference_forward(root, input_ids, attention_mask)
-
-    def _evaluation_loop(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        output = original(*args, **kwargs)
-        if self.runner is not None:
-            signature = inspect.signature(original)
-            bound = signature.bind(*args, **kwargs)
-            prefix = bound.arguments.get("metric_key_prefix", signature.parameters["metric_key_prefix"].default)
-            output.metrics.update({f"{prefix}_{k}": v for k, v in self.runner.pop_metrics("eval").items()})
-        return output

@@ -8,17 +8,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from ganpo_plugins import hookimpl
+from ganpo_plugins.hosts import host_class
 
 KINDS = {"DPOTrainer": "dpo", "CPOTrainer": "cpo", "OnlineDPOTrainer": "online_dpo"}
 
 
 def trainer_kind(trainer: Any) -> str | None:
-    """``dpo``, ``cpo`` or ``online_dpo`` for TRL's trainers and their subclasses, else ``None``
-    (decided from the class hierarchy's module names, so a process without TRL never imports it)."""
-    for cls in type(trainer).__mro__:
-        if cls.__module__.startswith("trl.") and cls.__name__ in KINDS:
-            return KINDS[cls.__name__]
-    return None
+    """``dpo``, ``cpo`` or ``online_dpo`` for TRL's trainers and their subclasses, else ``None``."""
+    name = host_class(trainer, "trl.", KINDS)
+    return None if name is None else KINDS[name]
 
 
 @hookimpl
