@@ -76,7 +76,9 @@ class RegularizerConfig(ConfigModel):
     )
     simpo_gamma: float | None = Field(None, description="SimPO margin γ where the host has none")
     seed: int | None = Field(None, description="seed of the regularizer's own RNG; default: the host's seed")
-    save_every_rank: bool = Field(False, description="every rank writes its regularizer state, not only rank 0")
+    save_every_rank: bool = Field(
+        False, description="every rank writes its whole regularizer state (default: rank 0; the others their RNG only)"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="regularizer-specific options")
 
     @field_validator("weight")

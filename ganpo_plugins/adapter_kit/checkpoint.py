@@ -1,7 +1,13 @@
 """The regularizer's state beside the host's checkpoints: written atomically (a crash or a full disk
 never leaves a partial file in a checkpoint folder), read back with the saved config compared
 with the running one (an architecture change refused, other changes named), and the optimiser
-hyper-parameters of the running config kept over the saved ones."""
+hyper-parameters of the running config kept over the saved ones.
+
+Files in a checkpoint folder: ``ganpo_regularizer.pt``, rank 0's whole state; beside it, from every
+other data-parallel rank, ``ganpo_regularizer.rank<N>.local.pt`` with the part of its state that
+differs between ranks (the keys its regularizer names in ``rank_local_keys``: a learned
+regularizer's random stream), so a multi-rank run resumes exactly with the defaults; or, with
+``save_every_rank``, every rank's whole state as ``ganpo_regularizer.rank<N>.pt``."""
 
 from __future__ import annotations
 
@@ -19,7 +25,15 @@ from ..config import RegularizerConfig
 from ..regularizers.distributed import rank
 from ..regularizers.protocol import LatentRegularizer
 
-__all__ = ["ARCHITECTURE_KEYS", "SILENT_KEYS", "STATE_FILE", "load_state", "save_state", "state_path"]
+__all__ = [
+    "ARCHITECTURE_KEYS",
+    "SILENT_KEYS",
+    "STATE_FILE",
+    "load_state",
+    "local_state_path",
+    "save_state",
+    "state_path",
+]
 
 STATE_FILE = "ganpo_regularizer.pt"
 
@@ -33,29 +47,40 @@ SILENT_KEYS = ("seed", "saturation_patience", "save_every_rank")
 
 
 def state_path(directory: str | os.PathLike[str], for_rank: int = 0) -> Path:
+    """Where rank ``for_rank`` writes its whole state."""
     name = STATE_FILE if for_rank == 0 else STATE_FILE.replace(".pt", f".rank{for_rank}.pt")
     return Path(directory) / name
+
+
+def local_state_path(directory: str | os.PathLike[str], for_rank: int) -> Path:
+    """Where rank ``for_rank`` (> 0) writes the rank-local part of its state."""
+    return Path(directory) / STATE_FILE.replace(".pt", f".rank{for_rank}.local.pt")
+
+
+def _rank_local_keys(regularizer: LatentRegularizer) -> tuple[str, ...]:
+    return tuple(getattr(regularizer, "rank_local_keys", ()))
 
 
 def save_state(
     regularizer: LatentRegularizer, config: RegularizerConfig, directory: str | os.PathLike[str]
 ) -> Path | None:
-    """Write the regularizer state into ``directory`` (rank 0; every rank with
-    ``save_every_rank``). Written to a temporary file in the parent of ``directory``, then
-    renamed into it: a crash or a full disk never leaves a partial file in a checkpoint folder
-    (the file is written inside ``directory`` only when its parent is read-only or on another
-    file system, and removed there on any error)."""
+    """Write the regularizer state into ``directory``: the whole state from rank 0 (every rank with
+    ``save_every_rank``), the rank-local part from the other ranks; returns the file written
+    (``None``: a rank with nothing of its own to keep). Written to a temporary file in the parent
+    of ``directory``, then renamed into it: a crash or a full disk never leaves a partial file in a
+    checkpoint folder (the file is written inside ``directory`` only when its parent is read-only
+    or on another file system, and removed there on any error)."""
     r = rank()
-    if r != 0 and not config.save_every_rank:
-        return None
-    path = state_path(directory, r)
+    state = regularizer.state_dict()
+    if r == 0 or config.save_every_rank:
+        path, payload = state_path(directory, r), {"state": state}
+    else:
+        keys = _rank_local_keys(regularizer)
+        if not keys:
+            return None
+        path, payload = local_state_path(directory, r), {"rank": r, "local": {key: state[key] for key in keys}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": 1,
-        "regularizer": config.regularizer,
-        "config": config.model_dump(mode="json"),
-        "state": regularizer.state_dict(),
-    }
+    payload = {"format": 1, "regularizer": config.regularizer, "config": config.model_dump(mode="json"), **payload}
     _write_atomically(payload, path)
     return path
 
@@ -63,8 +88,9 @@ def save_state(
 def load_state(
     regularizer: LatentRegularizer, config: RegularizerConfig, directory: str | os.PathLike[str]
 ) -> Path | None:
-    """Restore the state saved in ``directory`` (this rank's file if present, else rank 0's).
-    Returns the file read, or ``None`` when the directory holds no regularizer state.
+    """Restore the state saved in ``directory``: this rank's whole state if present, else rank 0's
+    with this rank's local part (:func:`local_state_path`) over it. Returns the file read (the
+    whole state), or ``None`` when the directory holds no regularizer state.
 
     The saved config is compared with the running one: a changed architecture key
     (:data:`ARCHITECTURE_KEYS`) is refused before anything loads; other changes follow the
@@ -87,18 +113,37 @@ def load_state(
         return None
     payload = _read_state(path)
     _check_saved_config(config, path, payload["config"])
+    state = payload["state"]
+    if rank() != 0 and path == state_path(directory, 0) and _rank_local_keys(regularizer):
+        state = {**state, **_local_state(regularizer, directory, rank())}
     optimizers = _optimizers(regularizer)
     # The running config's hyper-parameters; AdamW.load_state_dict would put the saved ones back.
     # ``lr`` is left to the regularizer, which derives it from its restored step.
     running = [[_hyper_parameters(group) for group in opt.param_groups] for opt in optimizers]
     try:
-        regularizer.load_state_dict(payload["state"])
+        regularizer.load_state_dict(state)
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(_unreadable(path, f"{type(exc).__name__}: {exc}")) from exc
     for opt, groups in zip(optimizers, running, strict=True):
         for group, values in zip(opt.param_groups, groups, strict=True):
             group.update(values)
     return path
+
+
+def _local_state(regularizer: LatentRegularizer, directory: str | os.PathLike[str], r: int) -> dict[str, Any]:
+    """Rank ``r``'s saved local part of the state; empty (with a warning) when it was not saved."""
+    path = local_state_path(directory, r)
+    if not path.exists():
+        warnings.warn(
+            f"{directory} holds no {path.name} (saved by ganpo-plugins < 0.2, or by a host that saves only on rank 0): "
+            f"rank {r} continues rank 0's {', '.join(_rank_local_keys(regularizer))}, so the resumed run is not "
+            "bit-identical to an uninterrupted one (it trains the same method)",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of RegularizerRunner.load
+        )
+        return {}
+    payload = _read_state(path, "local")
+    return dict(payload["local"])
 
 
 def _check_saved_config(config: RegularizerConfig, path: Path, saved: Mapping[str, Any]) -> None:
@@ -170,7 +215,7 @@ def _disk_full(path: Path) -> OSError:
     )
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def _read_state(path: Path, part: str = "state") -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise ValueError(_unreadable(path, "the file is empty"))
     try:
@@ -179,7 +224,7 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise  # unreadable for a reason the OS already names (permissions, I/O)
     except Exception as exc:  # a damaged file fails in many ways: EOFError, RuntimeError, KeyError, ...
         raise ValueError(_unreadable(path, f"{type(exc).__name__}: {exc}")) from exc
-    if not isinstance(payload, dict) or payload.get("format") != 1 or not {"config", "state"} <= payload.keys():
+    if not isinstance(payload, dict) or payload.get("format") != 1 or not {"config", part} <= payload.keys():
         raise ValueError(_unreadable(path, "not a ganpo_plugins regularizer state (format 1)"))
     return payload
 

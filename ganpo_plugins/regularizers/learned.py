@@ -42,6 +42,9 @@ class LearnedRegularizer(ABC):
 
     config_model: type[LearnedConfig] = LearnedConfig
     label = "learned regularizer"  # names it in warnings
+    #: The state that differs between data-parallel ranks (each draws its own dropout masks):
+    #: checkpoints keep it per rank (ganpo_plugins.adapter_kit.checkpoint).
+    rank_local_keys: tuple[str, ...] = ("cpu_rng", "cuda_rng")
 
     def __init__(self, config: LearnedConfig, context: RegularizerContext) -> None:
         self.config = config

@@ -178,7 +178,8 @@ class LatentRegularizer(Protocol):
       (no ``update`` there), which must leave the state unchanged.
     - ``state_dict``/``load_state_dict`` round-trip everything needed to continue identically;
       the state holds only tensors and plain Python values (it is loaded with
-      ``torch.load(weights_only=True)``).
+      ``torch.load(weights_only=True)``). Optional ``rank_local_keys``: the keys of that state
+      which differ between data-parallel ranks (a random stream); checkpoints keep them per rank.
 
     Its factory (usually the class) is called as ``factory(config, context)`` with ``config`` an
     instance of the factory's ``config_model`` (:mod:`ganpo_plugins.config`).
