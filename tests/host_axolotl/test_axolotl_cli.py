@@ -127,6 +127,25 @@ def test_dpo_adds_the_term_logs_it_and_trains_the_discriminators(dpo: Any, plain
     assert (dpo.out / "ganpo_regularizer.pt").exists()  # the final save too
 
 
+def test_dpo_block_is_parsed_once_on_its_way_to_the_regularizer(
+    axolotl_cfg: Callable[..., Any], axolotl_workdir: Path, run_cli: Callable[..., Any]
+) -> None:
+    """From the YAML block to the regularizer the config is parsed once, at Axolotl's config
+    validation (``GANPOArgs``): the plugin, the TRL adapter and the runner take that object as it
+    is. Counted by wrapping the one parser around the real CLI (tests/host_axolotl/count_config_parses.py)."""
+    import yaml
+
+    folder = axolotl_workdir / "parse-count"
+    folder.mkdir()
+    cfg = axolotl_cfg("parse-count", {"max_steps": 1, "save_steps": None})
+    (folder / "cfg.yml").write_text(yaml.safe_dump(cfg))
+    counter = REPO / "tests/host_axolotl/count_config_parses.py"
+    result = run_cli([str(counter), str(folder / "cfg.yml")], log=folder / "log.txt", cwd=folder)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "ganpo: ganpo regularizer ON" in result.stdout  # the parsed block reached the attach
+    assert "ganpo config parses: 1\n" in result.stdout
+
+
 def test_weight_zero_leaves_the_policy_as_the_plain_run_leaves_it(
     plain: Any, axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]
 ) -> None:

@@ -1,6 +1,7 @@
 """The ``ganpo:`` block, merged into Axolotl's config model (``get_input_args``): a bad value, or a
 setting the core's host rules refuse for the TRL trainer Axolotl will build, stops ``axolotl train``
-at config validation, before any model or dataset loads, with a message naming the key."""
+at config validation, before any model or dataset loads, with a message naming the key. The block is
+parsed here, once; the plugin attaches that parsed config (Axolotl's ``cfg`` holds only its dump)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ganpo_plugins.adapter_kit import HostFacts, RegularizerBlock, check_host, parse_config
 
-from .plugin import ganpo_enabled
+from .plugin import active_plugin, ganpo_enabled
 
 __all__ = ["GANPOArgs", "facts_from_cfg"]
 
@@ -37,10 +38,14 @@ class GANPOArgs(BaseModel):
         rl = getattr(cfg.get("rl"), "value", cfg.get("rl"))  # Axolotl's RLType compares by value
         if rl not in SUPPORTED_RL:
             raise ValueError(f"ganpo plugin: rl={rl!r}: the ganpo plugin supports rl: {', '.join(SUPPORTED_RL)}")
+        config = self.ganpo if self.ganpo is not None else parse_config(None)  # no block: the defaults
         try:
-            check_host(facts_from_cfg(cfg, rl), self.ganpo or parse_config(None))
+            check_host(facts_from_cfg(cfg, rl), config)
         except ValueError as exc:
             raise ValueError(f"ganpo plugin: {exc}") from None
+        plugin = active_plugin()
+        if plugin is not None:  # the parsed block travels to the attach as it is: parsed once
+            plugin.validated(config)
         return self
 
 

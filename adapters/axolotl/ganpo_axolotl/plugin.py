@@ -10,9 +10,9 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin, PluginManager
 from ganpo_trl import attach_regularizer
 
-from ganpo_plugins.adapter_kit import BLOCK, SaveOnInterrupt, parse_config, refuse_misspelt_block
+from ganpo_plugins.adapter_kit import BLOCK, RegularizerConfig, SaveOnInterrupt, refuse_misspelt_block
 
-__all__ = ["GANPOPlugin", "ganpo_enabled"]
+__all__ = ["GANPOPlugin", "active_plugin", "ganpo_enabled"]
 
 
 def ganpo_enabled(cfg: Any) -> bool:
@@ -32,16 +32,21 @@ class GANPOPlugin(BasePlugin):
         self.enabled = False
         self.models: list[Any] = []  # the policy, then (when Axolotl loads one) the reference
         self.attachment: Any = None
+        self.config: RegularizerConfig | None = None  # the block as Axolotl validated it (GANPOArgs)
 
     @property
     def duplicate(self) -> bool:
         """Registered twice (entry point and ``plugins:`` line), the first instance works."""
-        registered = [p for p in PluginManager.get_instance().plugins.values() if isinstance(p, GANPOPlugin)]
+        registered = _registered()
         return self in registered and self is not registered[0]
 
     @property
     def active(self) -> bool:
         return self.enabled and not self.duplicate
+
+    def validated(self, config: RegularizerConfig) -> None:
+        """Keep the block Axolotl's config validation parsed (``GANPOArgs``): it is attached as it is."""
+        self.config = config
 
     def register(self, cfg: Any) -> None:
         if not self.duplicate:
@@ -61,11 +66,25 @@ class GANPOPlugin(BasePlugin):
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
         if self.active:
             simpo = getattr(cfg.rl, "value", cfg.rl) == "simpo" and len(self.models) > 1
-            config = parse_config(cfg.get(BLOCK))  # the block Axolotl validated (GANPOArgs); None: defaults
-            self.attachment = attach_regularizer(trainer, config, ref_model=self.models[1] if simpo else None)
+            if self.config is None:
+                raise RuntimeError(
+                    "ganpo plugin: the ganpo: block was not validated by Axolotl's config model in this process "
+                    "(ganpo_axolotl.args.GANPOArgs); load the config with axolotl's CLI or load_cfg"
+                )
+            self.attachment = attach_regularizer(trainer, self.config, ref_model=self.models[1] if simpo else None)
 
     def post_train(self, cfg: Any, model: Any) -> None:
         # Axolotl saves the final model with save_pretrained, not trainer.save_model: write the
         # regularizer state beside it here (checkpoints get theirs from the attachment).
         if self.attachment is not None and self.attachment.runner is not None:
             self.attachment.save(cfg.output_dir)
+
+
+def active_plugin() -> GANPOPlugin | None:
+    """The GANPO plugin instance Axolotl registered and that works (the first of duplicates)."""
+    registered = _registered()
+    return registered[0] if registered else None
+
+
+def _registered() -> list[GANPOPlugin]:
+    return [p for p in PluginManager.get_instance().plugins.values() if isinstance(p, GANPOPlugin)]
