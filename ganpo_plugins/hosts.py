@@ -88,6 +88,14 @@ HOSTS: dict[str, HostSupport] = {
             "train_dpo (ZeRO-2/3, GPO kinds, SimPO, resume, 2 ranks), train_rm with APO",
         ),
         HostSupport(
+            "llamafactory",
+            "0.9.5",
+            None,
+            (("0.9.5", "3.11", "2026-12-07"),),
+            "stage: dpo with pref_loss sigmoid / ipo / hinge / simpo / orpo and GPO kinds, full / freeze / LoRA, "
+            "ref_model, checkpoints and kill-and-resume",
+        ),
+        HostSupport(
             "deepspeed",
             "0.19.6",
             None,

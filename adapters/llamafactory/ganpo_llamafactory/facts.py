@@ -1,0 +1,76 @@
+"""The facts of a LLaMA-Factory run that decide whether the ``ganpo:`` block can be served, read off
+LLaMA-Factory's own parsed arguments (``get_train_args``) before any model or dataset loads, and
+judged by the core's host rules (:func:`ganpo_plugins.host_rules.check_host`) plus the rules of
+this host: which stage, ``pref_loss`` and ``finetuning_type`` the adapter serves.
+Names are LLaMA-Factory's YAML keys, so every message names the key the user wrote."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ganpo_plugins.config import RegularizerConfig
+from ganpo_plugins.host_rules import BaseLoss, HostFacts, check_host
+
+__all__ = ["REFERENCE_FREE", "SERVED_FINETUNING", "SERVED_PREF_LOSS", "check_dpo_run", "facts_from_args"]
+
+#: ``pref_loss`` values the adapter serves (``kto_pair``: TRL 0.24, which LLaMA-Factory 0.9.5 runs
+#: its DPO loss with, no longer computes it: LLaMA-Factory itself fails at the first step).
+SERVED_PREF_LOSS = ("sigmoid", "hinge", "ipo", "simpo", "orpo")
+#: LLaMA-Factory's reference-free losses: it loads and runs no reference model (``use_ref_model``).
+REFERENCE_FREE = ("simpo", "orpo")
+SERVED_FINETUNING = ("full", "freeze", "lora")
+# GPO kinds LLaMA-Factory computes with exactly the same formula on summed log-probabilities
+# (docs/methods.md): its ``sigmoid`` and ``hinge`` are TRL's, ``log(1 + e^(−βρ))`` and ``max(0, 1 − βρ)``.
+EQUIVALENTS = {"logistic": "sigmoid", "hinge": "hinge"}
+# The settings that change LLaMA-Factory's DPO loss or its log-probabilities, with their neutral values.
+MODIFIERS = {"pref_ftx": 0.0, "pref_bco_weight": 0.0, "dpo_label_smoothing": 0.0, "ld_alpha": None}
+
+
+def facts_from_args(finetuning_args: Any) -> HostFacts:
+    """The facts of the ``stage: dpo`` trainer LLaMA-Factory builds from these arguments. Packing
+    and sequence parallelism are no facts here: LLaMA-Factory 0.9.5 packs only ``pt``/``sft`` data
+    (its ``packing`` key leaves pairwise data as it is) and has no sequence parallelism."""
+    pref_loss = finetuning_args.pref_loss
+    reference_free = pref_loss in REFERENCE_FREE
+    modifiers = {name: (getattr(finetuning_args, name), neutral) for name, neutral in MODIFIERS.items()}
+    return HostFacts(
+        style="yaml",
+        keys={"loss_types": "pref_loss", "simpo_gamma": "simpo_gamma"},
+        reference_free=reference_free,
+        loss_types=(pref_loss,),
+        equivalents={"simpo": "simpo"} if reference_free else EQUIVALENTS,
+        simpo_gamma=finetuning_args.simpo_gamma if reference_free else None,
+        loss_modifiers=modifiers,
+    )
+
+
+def check_dpo_run(config: RegularizerConfig, finetuning_args: Any) -> BaseLoss:
+    """Who computes the base loss of this ``stage: dpo`` run; one ``ValueError`` naming every key
+    the adapter cannot serve, each with its fix."""
+    problems = []
+    if finetuning_args.pref_loss not in SERVED_PREF_LOSS:
+        why = (
+            " (TRL 0.24, which computes LLaMA-Factory's DPO losses, has no kto_pair: the run would fail at its first "
+            "step; for KTO use stage: kto, which the adapter does not serve yet)"
+            if finetuning_args.pref_loss == "kto_pair"
+            else ""
+        )
+        problems.append(
+            f"pref_loss: {finetuning_args.pref_loss}: the ganpo block serves pref_loss "
+            f"{', '.join(SERVED_PREF_LOSS)}{why}; set one of them or remove the ganpo block"
+        )
+    if finetuning_args.finetuning_type not in SERVED_FINETUNING:
+        problems.append(
+            f"finetuning_type: {finetuning_args.finetuning_type}: the ganpo block serves finetuning_type "
+            f"{', '.join(SERVED_FINETUNING)}; set one of them or remove the ganpo block"
+        )
+    for key in ("use_mca", "use_ray"):  # these run the DPO workflow elsewhere (Megatron, Ray workers)
+        if getattr(finetuning_args, key, False):
+            problems.append(f"{key}: true runs LLaMA-Factory's DPO outside this process's trainer; set {key}: false")
+    try:
+        base = check_host(facts_from_args(finetuning_args), config)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return base
