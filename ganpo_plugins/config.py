@@ -42,6 +42,7 @@ __all__ = [
     "RegularizerBlock",
     "RegularizerConfig",
     "config_model",
+    "parse_block",
     "parse_config",
     "refuse_misspelt_block",
 ]
@@ -156,13 +157,19 @@ class LearnedConfig(RegularizerConfig):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
 
 
+def parse_block(value: Any) -> RegularizerConfig:
+    """A ``ganpo:`` block as a host's YAML loader hands it over (``None``: the key with nothing
+    under it, the defaults); :class:`GANPOConfigError` for a value that is no mapping or a bad key."""
+    if value is not None and not isinstance(value, Mapping | RegularizerConfig):
+        raise GANPOConfigError(f"ganpo must be a mapping of keys to values, got {type(value).__name__} {value!r}")
+    return parse_config(value)
+
+
 def _parse_block(value: Any) -> RegularizerConfig | None:
     if value is None or isinstance(value, RegularizerConfig):
         return value
-    if not isinstance(value, Mapping):
-        raise ValueError(f"ganpo must be a mapping of keys to values, got {type(value).__name__} {value!r}")
     try:
-        return parse_config(value)
+        return parse_block(value)
     except GANPOConfigError as exc:
         raise ValueError(str(exc)) from None
 

@@ -73,7 +73,8 @@ class LlamaFactoryDPOAttachment(TrainerAttachment):
             if host_class(callback, "llamafactory.", ("LogCallback",)) is not None:
                 self._wrap(callback, {"on_log": functools.partial(self._on_log, callback)})
         if not self.own_reference:
-            ref = "LLaMA-Factory's " + ("reference forward" if trainer.ref_model is not None else "adapter-disabled pass")
+            own = "reference forward" if trainer.ref_model is not None else "adapter-disabled pass"
+            ref = f"LLaMA-Factory's {own}"
         else:
             ref = f"an extra no-grad forward of the {'PEFT base' if self.reference is None else 'reference'} model"
         announce_on(

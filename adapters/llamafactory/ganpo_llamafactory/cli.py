@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ganpo_plugins.config import BLOCK, GANPOConfigError, RegularizerConfig, parse_config, refuse_misspelt_block
+from ganpo_plugins.config import BLOCK, GANPOConfigError, RegularizerConfig, parse_block, refuse_misspelt_block
 from ganpo_plugins.flags import fail
 from ganpo_plugins.hosts import HostVersionError, require_host
 
@@ -51,11 +51,14 @@ def _split_block(args: dict[str, Any] | list[str]) -> tuple[RegularizerConfig | 
                 f"({PROG} train CONFIG.yaml ganpo.weight=0.5 overrides its keys)"
             )
         return None, args
-    refuse_misspelt_block(args.keys(), host="LLaMA-Factory")
+    try:
+        refuse_misspelt_block(args.keys(), host="LLaMA-Factory")
+    except ValueError as exc:
+        raise GANPOConfigError(str(exc)) from None
     if BLOCK not in args:
         return None, args
     args = dict(args)
-    return parse_config(args.pop(BLOCK)), args  # `ganpo:` with nothing under it: the defaults
+    return parse_block(args.pop(BLOCK)), args  # `ganpo:` with nothing under it: the defaults
 
 
 def _check_stage(finetuning_args: Any) -> None:
