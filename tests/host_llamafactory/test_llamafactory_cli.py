@@ -34,7 +34,7 @@ F: dict[str, Callable[[float], float]] = {  # the base loss at the logged margin
     "sigmoid": lambda m: math.log1p(math.exp(-m)),  # docs/methods.md, GPO logistic
     "hinge": lambda m: max(0.0, 1 - m),
     "savage": lambda m: 1 / (1 + math.exp(m)) ** 2,
-    "ipo": lambda m: (m / BETA - 1 / (2 * BETA)) ** 2,  # TRL's IPO on length-averaged log-ratios
+    "squared": lambda m: (m - 1) ** 2,
     "simpo": lambda m: math.log1p(math.exp(GAMMA - m)),  # −log σ(β(r̄_w − r̄_l) − γ), rewards β·r̄
 }
 GANPO_METRICS = {"ganpo/adv_loss", "ganpo/d_pos/loss", "ganpo/d_neg/loss", "ganpo/d_pos/accuracy", "ganpo/skipped"}
@@ -176,21 +176,25 @@ def test_lora_reference_is_the_adapter_disabled_pass_with_a_package_gpo_kind(
     _assert_loss_is(history, lambda e: F["savage"](e["rewards/margins"]))
 
 
-def test_hinge_is_computed_by_llamafactory_and_ipo_with_freeze_and_an_explicit_reference(
+def test_hinge_and_squared_with_freeze_and_an_explicit_reference_are_computed_by_the_package(
     tiny_assets: Path, lf_cfg: Callable[..., Any], lf_train: Callable[..., Any]
 ) -> None:
+    """LLaMA-Factory 0.9.5's own ``pref_loss: hinge`` trains sigmoid DPO (refused: the table); the
+    package computes hinge on its summed log-probabilities instead."""
     hinge = lf_train("hinge", lf_cfg("hinge", {"max_steps": 3, "ganpo": {"preference_loss": "hinge"}}))
     _assert_trained(hinge, 3)
-    assert "base loss: LLaMA-Factory's loss_type='hinge', the same formula" in hinge.log
+    assert "base loss: hinge (computed by ganpo_plugins" in hinge.log
+    assert hinge.history()[0]["loss"] == pytest.approx(1.0 + hinge.history()[0]["ganpo/adv_loss"], rel=1e-6)
     _assert_loss_is(hinge.history(), lambda e: F["hinge"](e["rewards/margins"]))
 
-    overrides = {"max_steps": 3, "pref_loss": "ipo", "finetuning_type": "freeze", "freeze_trainable_layers": 1,
-                 "ref_model": str(tiny_assets / "model")}  # fmt: skip
-    ipo = lf_train("ipo", lf_cfg("ipo", overrides))
-    _assert_trained(ipo, 3)
-    assert "Created reference model from" in ipo.log and "reference: LLaMA-Factory's reference forward" in ipo.log
-    assert ipo.history()[0]["rewards/margins"] == 0  # the explicit reference holds the initial weights
-    _assert_loss_is(ipo.history(), lambda e: F["ipo"](e["rewards/margins"]))
+    overrides = {"max_steps": 3, "finetuning_type": "freeze", "freeze_trainable_layers": 1,
+                 "ref_model": str(tiny_assets / "model"), "ganpo": {"preference_loss": "squared"}}  # fmt: skip
+    squared = lf_train("squared", lf_cfg("squared", overrides))
+    _assert_trained(squared, 3)
+    assert "Created reference model from" in squared.log
+    assert "reference: LLaMA-Factory's reference forward" in squared.log
+    assert squared.history()[0]["rewards/margins"] == 0  # the explicit reference holds the initial weights
+    _assert_loss_is(squared.history(), lambda e: F["squared"](e["rewards/margins"]))
 
 
 def test_simpo_runs_its_own_reference_forward_of_a_frozen_copy(

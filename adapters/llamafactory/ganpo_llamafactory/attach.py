@@ -41,8 +41,6 @@ class LlamaFactoryDPOAttachment(TrainerAttachment):
     WRAPPED: ClassVar[dict[str, str]] = {
         "trainer.get_batch_loss_metrics": "instance attribute removed",
         "trainer.compute_preference_loss (only for a GPO kind the package computes)": "instance attribute removed",
-        "trainer.loss_type (only for a GPO kind LLaMA-Factory computes with the same formula)": "previous value "
-        "restored",
         "the trainer's LogCallback.on_log (ganpo/* into trainer_log.jsonl)": "instance attribute removed",
         **TrainerAttachment.SHARED_WRAPPED,
     }
@@ -66,9 +64,7 @@ class LlamaFactoryDPOAttachment(TrainerAttachment):
         wrappers = {"get_batch_loss_metrics": self._loss}
         if self.base.loss is not None:
             wrappers["compute_preference_loss"] = self._package_preference_loss
-        self._install(wrappers)
-        if self.base.host_loss_type is not None:
-            self._set(trainer, "loss_type", self.base.host_loss_type)
+        self._install(wrappers)  # an equivalent kind (logistic: sigmoid) is pref_loss itself: nothing to set
         for callback in trainer.callback_handler.callbacks:
             if host_class(callback, "llamafactory.", ("LogCallback",)) is not None:
                 self._wrap(callback, {"on_log": functools.partial(self._on_log, callback)})

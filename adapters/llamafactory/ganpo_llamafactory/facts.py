@@ -11,17 +11,23 @@ from typing import Any
 from ganpo_plugins.config import RegularizerConfig
 from ganpo_plugins.host_rules import BaseLoss, HostFacts, check_host
 
-__all__ = ["REFERENCE_FREE", "SERVED_FINETUNING", "SERVED_PREF_LOSS", "check_dpo_run", "facts_from_args"]
+__all__ = ["REFERENCE_FREE", "SERVED_FINETUNING", "TRAINED_AS_SIGMOID", "check_dpo_run", "facts_from_args"]
 
-#: ``pref_loss`` values the adapter serves (``kto_pair``: TRL 0.24, which LLaMA-Factory 0.9.5 runs
-#: its DPO loss with, no longer computes it: LLaMA-Factory itself fails at the first step).
-SERVED_PREF_LOSS = ("sigmoid", "hinge", "ipo", "simpo", "orpo")
-#: LLaMA-Factory's reference-free losses: it loads and runs no reference model (``use_ref_model``).
-REFERENCE_FREE = ("simpo", "orpo")
+#: The other ``pref_loss`` values (the adapter serves ``sigmoid``, ``simpo``, ``orpo``): LLaMA-Factory 0.9.5
+#: accepts them but trains them as sigmoid DPO (its
+#: ``compute_preference_loss`` calls TRL 0.24's ``dpo_loss`` without a loss type, whose default is
+#: ``"sigmoid"``; measured: the logged loss at margin 0 is log 2, not hinge's 1 or IPO's 1/(2β)²), with the fix.
+TRAINED_AS_SIGMOID = {
+    "hinge": "for hinge set pref_loss: sigmoid and ganpo.preference_loss: hinge (computed by the package)",
+    "ipo": "for an IPO-shaped loss set pref_loss: sigmoid and ganpo.preference_loss: squared (the GPO squared "
+    "loss, on summed log-ratios)",
+    "kto_pair": "for KTO use stage: kto, which the ganpo block does not serve",
+}
+REFERENCE_FREE = ("simpo", "orpo")  # LLaMA-Factory loads and runs no reference model for these
 SERVED_FINETUNING = ("full", "freeze", "lora")
-# GPO kinds LLaMA-Factory computes with exactly the same formula on summed log-probabilities
-# (docs/methods.md): its ``sigmoid`` and ``hinge`` are TRL's, ``log(1 + e^(−βρ))`` and ``max(0, 1 − βρ)``.
-EQUIVALENTS = {"logistic": "sigmoid", "hinge": "hinge"}
+# The GPO kind LLaMA-Factory computes with exactly the same formula: its (TRL's) ``sigmoid`` is
+# ``log(1 + e^(−βρ))`` on summed log-probabilities (docs/methods.md).
+EQUIVALENTS = {"logistic": "sigmoid"}
 # The settings that change LLaMA-Factory's DPO loss or its log-probabilities, with their neutral values.
 MODIFIERS = {"pref_ftx": 0.0, "pref_bco_weight": 0.0, "dpo_label_smoothing": 0.0, "ld_alpha": None}
 
@@ -48,16 +54,12 @@ def check_dpo_run(config: RegularizerConfig, finetuning_args: Any) -> BaseLoss:
     """Who computes the base loss of this ``stage: dpo`` run; one ``ValueError`` naming every key
     the adapter cannot serve, each with its fix."""
     problems = []
-    if finetuning_args.pref_loss not in SERVED_PREF_LOSS:
-        why = (
-            " (TRL 0.24, which computes LLaMA-Factory's DPO losses, has no kto_pair: the run would fail at its first "
-            "step; for KTO use stage: kto, which the adapter does not serve yet)"
-            if finetuning_args.pref_loss == "kto_pair"
-            else ""
-        )
+    pref_loss = finetuning_args.pref_loss
+    if pref_loss in TRAINED_AS_SIGMOID:
         problems.append(
-            f"pref_loss: {finetuning_args.pref_loss}: the ganpo block serves pref_loss "
-            f"{', '.join(SERVED_PREF_LOSS)}{why}; set one of them or remove the ganpo block"
+            f"pref_loss: {pref_loss}: LLaMA-Factory 0.9.5 trains it as sigmoid DPO (it calls TRL 0.24's dpo_loss "
+            f"without the loss type, which then defaults to sigmoid), so the run would not train what it says; "
+            f"{TRAINED_AS_SIGMOID[pref_loss]}"
         )
     if finetuning_args.finetuning_type not in SERVED_FINETUNING:
         problems.append(
