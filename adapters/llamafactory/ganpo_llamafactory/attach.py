@@ -19,14 +19,20 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from ganpo_plugins import LatentBatch, PairLogps, RegularizerConfig
-from ganpo_plugins.hf_trainer import TrainerAttachment
-from ganpo_plugins.hosts import host_class, require_host
-from ganpo_plugins.report import announce_on
-from ganpo_plugins.taps import reference_forward, require_weights
+from ganpo_plugins.adapter_kit import (
+    LatentBatch,
+    PairLogps,
+    RegularizerConfig,
+    TrainerAttachment,
+    announce_on,
+    host_class,
+    reference_forward,
+    require_host,
+    require_weights,
+)
 
+from .entry_point import is_dpo_trainer
 from .facts import check_dpo_run
-from .host import is_dpo_trainer
 
 __all__ = ["IGNORE_INDEX", "LlamaFactoryDPOAttachment"]
 
@@ -57,17 +63,17 @@ class LlamaFactoryDPOAttachment(TrainerAttachment):
                 "ref_model= is for the reference-free losses (pref_loss: simpo / orpo); this run's reference is "
                 "LLaMA-Factory's own (ref_model: in the config, or the adapter-disabled LoRA policy)"
             )
-        self.reference = self._own_reference(ref_model) if self.own_reference else None
+        self.reference = self.choose_reference(ref_model) if self.own_reference else None
         if self.reference is not None:
             self.reference.to(trainer.accelerator.device)
         self._lengths: Tensor | None = None  # response token counts of the current batch
         wrappers = {"get_batch_loss_metrics": self._loss}
         if self.base.loss is not None:
             wrappers["compute_preference_loss"] = self._package_preference_loss
-        self._install(wrappers)  # an equivalent kind (logistic: sigmoid) is pref_loss itself: nothing to set
+        self.install(wrappers)  # an equivalent kind (logistic: sigmoid) is pref_loss itself: nothing to set
         for callback in trainer.callback_handler.callbacks:
             if host_class(callback, "llamafactory.", ("LogCallback",)) is not None:
-                self._wrap(callback, {"on_log": functools.partial(self._on_log, callback)})
+                self.wrap(callback, {"on_log": functools.partial(self._on_log, callback)})
         if not self.own_reference:
             own = "reference forward" if trainer.ref_model is not None else "adapter-disabled pass"
             ref = f"LLaMA-Factory's {own}"
@@ -80,13 +86,13 @@ class LlamaFactoryDPOAttachment(TrainerAttachment):
             main=trainer.accelerator.is_main_process,
         )  # fmt: skip
 
-    def _build(self, args: Any, state: Any) -> None:
+    def build_runner(self, args: Any, state: Any) -> None:
         policy = self.trainer.model
         ref = self.reference if self.own_reference else self.trainer.ref_model
         if self.own_reference and ref is not None:
             require_weights(ref)
         tapped = (policy,) if self.own_reference or ref is None else (policy, ref)
-        self._start(args, state, *tapped, ref=ref)
+        self.start_runner(args, state, *tapped, ref=ref)
 
     def _loss(self, original: Callable[..., Any], model: Any, batch: dict[str, Any], train_eval="train") -> Any:
         """``L_PO + λ · L_reg`` from LLaMA-Factory's ``(loss, metrics)`` and the captured hidden states."""
@@ -96,11 +102,11 @@ class LlamaFactoryDPOAttachment(TrainerAttachment):
         input_ids, attention = batch["input_ids"], batch["attention_mask"]
         response = batch["labels"] != IGNORE_INDEX  # prompt and padding carry IGNORE_INDEX
         self._lengths = response[:, 1:].sum(-1)  # as LLaMA-Factory's get_batch_logps counts them
-        loss, metrics = self._captured(original, model, batch, train_eval)
+        loss, metrics = self.captured(original, model, batch, train_eval)
         reference = (lambda: self._reference_hidden(input_ids, attention)) if self.own_reference else None
         policy_h, ref_h = self.runner.latents(tuple(input_ids.shape), reference)
         latents = LatentBatch.from_concatenated(policy_h, ref_h, attention, response)
-        return loss + self.runner.step(latents, self._step_info()), metrics
+        return loss + self.runner.step(latents, self.step_info()), metrics
 
     def _package_preference_loss(
         self, original: Callable[..., Any], policy_chosen, policy_rejected, ref_chosen, ref_rejected

@@ -23,9 +23,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ganpo_plugins.config import BLOCK, GANPOConfigError, RegularizerConfig, parse_block, refuse_misspelt_block
-from ganpo_plugins.flags import fail
-from ganpo_plugins.hosts import HostVersionError, require_host
+from ganpo_plugins.adapter_kit import (
+    BLOCK,
+    HostVersionError,
+    RegularizerConfig,
+    parse_block,
+    refuse_misspelt_block,
+    require_host,
+)
+from ganpo_plugins.adapter_kit.flags import fail
+from ganpo_plugins.config import GANPOConfigError
 
 __all__ = ["PROG", "SWAPPED", "main", "run_exp"]
 

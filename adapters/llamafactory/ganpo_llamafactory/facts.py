@@ -1,6 +1,6 @@
 """The facts of a LLaMA-Factory run that decide whether the ``ganpo:`` block can be served, read off
 LLaMA-Factory's own parsed arguments (``get_train_args``) before any model or dataset loads, and
-judged by the core's host rules (:func:`ganpo_plugins.host_rules.check_host`) plus the rules of
+judged by the core's host rules (:func:`ganpo_plugins.adapter_kit.check_host`) plus the rules of
 this host: which stage, ``pref_loss`` and ``finetuning_type`` the adapter serves.
 Names are LLaMA-Factory's YAML keys, so every message names the key the user wrote."""
 
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ganpo_plugins.config import RegularizerConfig
-from ganpo_plugins.host_rules import BaseLoss, HostFacts, check_host
+from ganpo_plugins.adapter_kit import BaseLoss, HostFacts, RegularizerConfig, check_host
 
 __all__ = ["REFERENCE_FREE", "SERVED_FINETUNING", "TRAINED_AS_SIGMOID", "check_dpo_run", "facts_from_args"]
 

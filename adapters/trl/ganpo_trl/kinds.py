@@ -1,14 +1,12 @@
-"""The TRL host adapter as a ganpo_plugins plugin (entry point ``trl`` in the group
-``ganpo_plugins.hosts``): claims TRL's ``DPOTrainer``, ``CPOTrainer`` and ``OnlineDPOTrainer``
-and their subclasses (Axolotl's among them) for :func:`ganpo_plugins.attach`."""
+"""Which TRL trainers the adapter claims, by class name (TRL is never imported to tell)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from ganpo_plugins import hookimpl
-from ganpo_plugins.hosts import host_class
+from ganpo_plugins.adapter_kit import host_class
+
+__all__ = ["KINDS", "trainer_kind"]
 
 KINDS = {"DPOTrainer": "dpo", "CPOTrainer": "cpo", "OnlineDPOTrainer": "online_dpo"}
 # Hosts whose trainers subclass TRL's but own their loss path, with an adapter of their own that
@@ -22,12 +20,3 @@ def trainer_kind(trainer: Any) -> str | None:
         return None
     name = host_class(trainer, "trl.", KINDS)
     return None if name is None else KINDS[name]
-
-
-@hookimpl
-def ganpo_attach(trainer: Any, config: Any, options: Mapping[str, Any]) -> Any | None:
-    if trainer_kind(trainer) is None:
-        return None
-    from .attach import attach_regularizer
-
-    return attach_regularizer(trainer, config, **options)
