@@ -91,8 +91,8 @@ HOSTS: dict[str, HostSupport] = {
             "0.9.5",
             None,
             (("0.9.5", "3.11", "2026-12-07"),),
-            "stage: dpo with pref_loss sigmoid / ipo / hinge / simpo / orpo and GPO kinds, full / freeze / LoRA, "
-            "ref_model, checkpoints and kill-and-resume",
+            "stage: dpo with pref_loss sigmoid / simpo / orpo and package-computed GPO kinds, full / freeze / LoRA, "
+            "ref_model, DeepSpeed ZeRO-2/3 (2 ranks), checkpoints, kill and resume",
         ),
         HostSupport(
             "deepspeed",
