@@ -99,7 +99,7 @@ HOSTS: dict[str, HostSupport] = {
             "0.19.6",
             None,
             (("0.19.6", "3.11", "2026-11-29"), ("0.19.8", "3.11", "2026-11-29")),
-            "under OpenRLHF: train_dpo and train_rm",
+            "under OpenRLHF: train_dpo and train_rm; under LLaMA-Factory 0.9.5 (0.19.8): DPO with ZeRO-2/3",
         ),
     )
 }

@@ -34,6 +34,8 @@ from ganpo_plugins.adapter_kit import (
 from ganpo_plugins.adapter_kit.flags import fail
 from ganpo_plugins.config import GANPOConfigError
 
+from .facts import check_dpo_run
+
 __all__ = ["PROG", "SWAPPED", "main", "run_exp"]
 
 PROG = "ganpo-llamafactory-cli"
@@ -102,8 +104,6 @@ def _serving(config: RegularizerConfig) -> Iterator[None]:
         model_args, _, _, finetuning_args, _ = parsed
         _check_stage(finetuning_args)
         try:
-            from .facts import check_dpo_run
-
             check_dpo_run(config, finetuning_args)
         except ValueError as exc:
             raise GANPOConfigError(f"the ganpo block does not fit this run: {exc}") from None
