@@ -153,6 +153,16 @@ def test_dpo_adds_the_term_logs_it_everywhere_and_trains_the_discriminators(dpo:
     assert "reference: LLaMA-Factory's reference forward" in dpo.log
 
 
+def test_without_a_block_the_cli_is_llamafactory_cli(
+    plain: Any, lf_cfg: Callable[..., Any], lf_train: Callable[..., Any]
+) -> None:
+    run = lf_train("noblock", lf_cfg("noblock", ganpo=False))
+    run.assert_ok()
+    assert "regularizer ON" not in run.log and not (run.out / "ganpo_regularizer.pt").exists()
+    assert run.history() == plain.history()  # every number logged at every step
+    assert_states_equal(load_file(run.out / "model.safetensors"), load_file(plain.out / "model.safetensors"), "policy")
+
+
 def test_weight_zero_trains_the_policy_as_llamafactory_alone_does(
     plain: Any, lf_cfg: Callable[..., Any], lf_train: Callable[..., Any]
 ) -> None:
