@@ -48,6 +48,7 @@ _EXPORTS = {
     "refuse_misspelt_block": "config",
     "RegularizerBlock": "plugins.parse",
     "as_config": "plugins.parse",
+    "parse_block": "plugins.parse",
     "parse_config": "plugins.parse",
     "hookimpl": "plugins.hookspecs",
     "LatentBatch": "regularizers.protocol",

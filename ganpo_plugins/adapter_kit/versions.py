@@ -87,11 +87,19 @@ HOSTS: dict[str, HostSupport] = {
             "train_dpo (ZeRO-2/3, GPO kinds, SimPO, resume, 2 ranks), train_rm with APO",
         ),
         HostSupport(
+            "llamafactory",
+            "0.9.5",
+            None,
+            (("0.9.5", "3.11", "2026-12-07"),),
+            "stage: dpo with pref_loss sigmoid / simpo / orpo and package-computed GPO kinds, full / freeze / LoRA, "
+            "ref_model, DeepSpeed ZeRO-2/3 (2 ranks), checkpoints, kill and resume",
+        ),
+        HostSupport(
             "deepspeed",
             "0.19.6",
             None,
             (("0.19.6", "3.11", "2026-11-29"), ("0.19.8", "3.11", "2026-11-29")),
-            "under OpenRLHF: train_dpo and train_rm",
+            "under OpenRLHF: train_dpo and train_rm; under LLaMA-Factory 0.9.5 (0.19.8): DPO with ZeRO-2/3",
         ),
     )
 }

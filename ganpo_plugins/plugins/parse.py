@@ -16,7 +16,7 @@ from pydantic import BeforeValidator, SerializeAsAny, ValidationError
 from ..config import GANPOConfigError, RegularizerConfig, config_problem, format_error
 from . import registry
 
-__all__ = ["RegularizerBlock", "as_config", "config_model", "parse_config"]
+__all__ = ["RegularizerBlock", "as_config", "config_model", "parse_block", "parse_config"]
 
 
 def config_model(factory: Any) -> type[RegularizerConfig]:
@@ -111,13 +111,19 @@ def as_config(config: Mapping[str, Any] | RegularizerConfig | None) -> Regulariz
     return config if isinstance(config, RegularizerConfig) else parse_config(config)
 
 
+def parse_block(value: Any) -> RegularizerConfig:
+    """A ``ganpo:`` block as a host's YAML loader hands it over (``None``: the key with nothing under
+    it, the defaults); :class:`GANPOConfigError` for a value that is no mapping, or naming each bad key."""
+    if value is not None and not isinstance(value, Mapping | RegularizerConfig):
+        raise GANPOConfigError(f"ganpo must be a mapping of keys to values, got {type(value).__name__} {value!r}")
+    return as_config(value)
+
+
 def _parse_block(value: Any) -> RegularizerConfig | None:
     if value is None or isinstance(value, RegularizerConfig):
         return value
-    if not isinstance(value, Mapping):
-        raise ValueError(f"ganpo must be a mapping of keys to values, got {type(value).__name__} {value!r}")
     try:
-        return parse_config(value)
+        return parse_block(value)
     except GANPOConfigError as exc:
         raise ValueError(str(exc)) from None
 

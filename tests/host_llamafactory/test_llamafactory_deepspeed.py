@@ -1,0 +1,69 @@
+"""LLaMA-Factory's ``deepspeed:`` key, ZeRO-2 and ZeRO-3, 2 CPU processes, through the real CLI as its
+users launch a distributed run (``FORCE_TORCHRUN=1 NPROC_PER_NODE=2``: LLaMA-Factory's launcher starts
+torchrun, which runs this package's entry in each process). On CPU: ``use_cpu: false`` (with ``use_cpu``
+accelerate drops DeepSpeed and trains plain DDP); DeepSpeed then picks its CPU accelerator and gloo by
+itself, and JIT-compiles its shared-memory comm op once (into TORCH_EXTENSIONS_DIR, kept by tox.ini).
+
+Both ranks must hold the same discriminators and μ after every step (their gradients and μ are averaged
+over the data-parallel group): each rank writes its own state (``ganpo.save_every_rank``), compared bit
+for bit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("llamafactory.train.tuner", reason="needs LLaMA-Factory: tox -e llamafactory")
+pytest.importorskip("deepspeed", reason="needs DeepSpeed: tox -e llamafactory")
+
+import yaml
+from state_equality import assert_states_equal
+
+pytestmark = [pytest.mark.llamafactory, pytest.mark.slow]
+
+STEPS = 3
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_on_two_processes_keeps_the_regularizer_identical_on_both_ranks(
+    stage: int, lf_cfg: Callable[..., Any], lf_workdir: Path, host_env: dict[str, str]
+) -> None:
+    folder = lf_workdir / f"zero{stage}"
+    folder.mkdir()
+    ds_config = {
+        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto", "zero_allow_untested_optimizer": True, "bf16": {"enabled": "auto"},
+        "zero_optimization": {"stage": stage, "overlap_comm": False, "contiguous_gradients": True},
+    }  # fmt: skip
+    (folder / "ds.json").write_text(json.dumps(ds_config))
+    overrides = {"use_cpu": False, "deepspeed": str(folder / "ds.json"), "max_steps": STEPS, "save_steps": STEPS,
+                 "ganpo": {"save_every_rank": True}}  # fmt: skip
+    cfg = lf_cfg(f"zero{stage}", overrides)
+    (folder / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    cli = str(Path(sys.executable).with_name("ganpo-llamafactory-cli"))
+    env = {**host_env, "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"}
+    result = subprocess.run(
+        [cli, "train", str(folder / "cfg.yaml")], env=env, cwd=folder, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=900,
+    )  # fmt: skip
+    (folder / "log.txt").write_text(result.stdout)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "Initializing 2 distributed tasks" in result.stdout  # LLaMA-Factory's own launcher started torchrun
+
+    checkpoint = Path(cfg["output_dir"]) / f"checkpoint-{STEPS}"
+    assert (checkpoint / f"global_step{STEPS}").is_dir()  # a DeepSpeed checkpoint: the run was DeepSpeed's
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    history = [entry for entry in state["log_history"] if "loss" in entry]
+    assert len(history) == STEPS and all("ganpo/adv_loss" in entry for entry in history)
+    ranks = [torch.load(checkpoint / name, weights_only=True)["state"]
+             for name in ("ganpo_regularizer.pt", "ganpo_regularizer.rank1.pt")]  # fmt: skip
+    assert ranks[0]["disc_steps"] == ranks[1]["disc_steps"] == STEPS
+    for key in ("discriminators", "mu", "optimizers"):
+        assert_states_equal(ranks[0][key], ranks[1][key], key)
