@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -65,17 +66,19 @@ def test_demo_commands_run_show_ganpo_metrics_and_end_with_the_summary(
 ) -> None:
     commands = [shlex.split(line) for line in demo_commands()]
     assert [cmd[:3] for cmd in commands[1:]] == [
-        ["python", "-m", "axolotl.cli.train"],
-        ["python", "examples/axolotl/show_metrics.py"],
+        ["axolotl", "train", "examples/axolotl/tiny_dpo_ganpo.yml"],
+        ["python", "examples/axolotl/show_metrics.py", str(RUN)],
         ["python", "-m", "ganpo_plugins.plot"],
     ]
     (tmp_path / "examples").symlink_to(REPO / "examples")  # the commands use repo-relative paths
+    bin_dir = Path(sys.executable).parent  # as in the tox env: its python and console scripts first
+    env = {**host_env, "PATH": f"{bin_dir}{os.pathsep}{host_env.get('PATH', '')}"}
     outputs = []
     for cmd in commands:
         result = subprocess.run(
-            [sys.executable, *cmd[1:]],
+            [sys.executable if cmd[0] == "python" else str(bin_dir / cmd[0]), *cmd[1:]],
             cwd=tmp_path,
-            env=host_env,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -120,9 +123,9 @@ def test_demo_commands_run_show_ganpo_metrics_and_end_with_the_summary(
     for block in transcripts:
         for command, expected in transcript(block.text):
             result = subprocess.run(
-                ["bash", "-c", command.replace("python ", f"{sys.executable} ", 1)],
+                ["bash", "-c", command],
                 cwd=tmp_path,
-                env=host_env,
+                env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
