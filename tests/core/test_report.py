@@ -9,8 +9,8 @@ import torch
 from test_taps_runner import CTX, SMALL, TinyLM, _batch
 
 from ganpo_plugins import StepInfo
-from ganpo_plugins.report import RunRecord, closing_summary
-from ganpo_plugins.runner import RegularizerRunner
+from ganpo_plugins.adapter_kit.announce import RunRecord, closing_summary
+from ganpo_plugins.adapter_kit.runner import RegularizerRunner
 
 ON = "ganpo: ganpo regularizer ON (weight λ=1.0) in DPOTrainer (trl 1.9.0); ..."
 

@@ -8,7 +8,7 @@ import re
 
 from test_documented_commands import REPO, split_comment
 
-from ganpo_plugins.hosts import HOSTS
+from ganpo_plugins.adapter_kit.versions import HOSTS
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 TABLE_NAMES = {"trl": "TRL", "axolotl": "Axolotl", "openrlhf": "OpenRLHF", "deepspeed": "DeepSpeed"}
