@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from ..config import RegularizerConfig
+from .announce import announce_summary
 from .runner import RegularizerRunner
 
 __all__ = ["Attachment"]
@@ -37,6 +38,8 @@ class Attachment:
     WRAPPED: ClassVar[Mapping[str, str]] = CORE_WRAPPED
     #: The host and its version, for messages (``"trl 1.16.0"``).
     host: str = "the host"
+    #: The ON line the attachment printed (:func:`~ganpo_plugins.adapter_kit.announce.announce_on`), for the summary.
+    on_line: str | None = None
 
     def __init__(self, trainer: Any, config: RegularizerConfig) -> None:
         if getattr(trainer, _MARK, None) is not None:
@@ -84,6 +87,11 @@ class Attachment:
         if self.runner is None:
             raise RuntimeError("the regularizer is built when training begins; nothing to save yet")
         self.runner.save(directory)
+
+    def summarize(self, main: bool) -> None:
+        """Print the closing summary on the main process (the host adapter calls it where its
+        training ends, after the last log line): the ON line again and how the regularizer did."""
+        announce_summary(self.on_line, None if self.runner is None else self.runner.record, main)
 
     def detach(self) -> None:
         """Undo everything in ``WRAPPED``: the host objects are as they were before the attach."""

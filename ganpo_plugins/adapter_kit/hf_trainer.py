@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 
 class _BuildCallback(TrainerCallback):
-    """Builds the regularizer when training begins (the number of optimiser steps is known)."""
+    """Builds the regularizer when training begins (the number of optimiser steps is known) and
+    prints the closing summary when it ends (after the trainer's last log line)."""
 
     def __init__(self, attachment: TrainerAttachment) -> None:
         self.attachment = attachment
@@ -46,6 +47,9 @@ class _BuildCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.attachment.runner is None:
             self.attachment.build_runner(args, state)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.attachment.summarize(main=state.is_world_process_zero)
 
 
 class TrainerAttachment(Attachment):
@@ -55,7 +59,7 @@ class TrainerAttachment(Attachment):
     #: The host objects every trainer attachment changes (a subclass's ``WRAPPED`` lists these too).
     SHARED_WRAPPED: ClassVar[dict[str, str]] = {
         "trainer.log, .save_model, ._load_optimizer_and_scheduler, .evaluation_loop": "instance attributes removed",
-        "trainer callbacks: one build callback": "removed",
+        "trainer callbacks: one that builds the regularizer and prints the closing summary": "removed",
         **Attachment.CORE_WRAPPED,
     }
 

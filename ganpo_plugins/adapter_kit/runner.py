@@ -33,6 +33,7 @@ from ..plugins.parse import as_config
 from ..plugins.registry import notify_step_metrics, resolve
 from ..regularizers.distributed import mean_over_ranks
 from ..regularizers.protocol import LatentBatch, RegularizerContext, StepInfo
+from .announce import RunRecord
 from .checkpoint import load_state, save_state
 from .taps import HiddenStateTap, TapRecord
 
@@ -75,6 +76,7 @@ class RegularizerRunner:
         self._sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._counts: dict[str, dict[str, int]] = {"train": defaultdict(int), "eval": defaultdict(int)}
         self._warned_nonfinite = False
+        self.record = RunRecord()  # for the closing summary
 
     def latents(
         self, shape: tuple[int, ...] | None = None, reference: Callable[[], Tensor] | None = None
@@ -132,6 +134,8 @@ class RegularizerRunner:
                 )
             loss = torch.zeros_like(loss)  # a constant: no gradient, so no NaN flows back
             metrics["term_skipped"] = 1.0
+        if info is not None:
+            self.record.micro_step(metrics)
         for key, value in metrics.items():
             self._sums[split][key] += value
             self._counts[split][key] += 1
@@ -147,6 +151,8 @@ class RegularizerRunner:
         sums.clear()
         counts.clear()
         metrics = mean_over_ranks(local, self.group)
+        if split == "train":
+            self.record.logged(metrics, step)
         if metrics and step is not None:
             notify_step_metrics(step, metrics)
         return metrics

@@ -155,11 +155,22 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_fields(rows: Sequence[Mapping[str, Any]], fields: Sequence[str], path: Path) -> None:
+def _check_fields(rows: Sequence[Mapping[str, Any]], fields: Mapping[str, str], path: Path) -> None:
+    """Every row holds a string in each of ``fields`` (field → the flag that names it); else one
+    error naming the row's own fields and the flag that picks another."""
     for i, row in enumerate(rows, 1):
-        for field in fields:
-            if not isinstance(row.get(field), str):
-                raise ValueError(f"{path}: row {i}: field {field!r} must be a string (got {row.get(field)!r})")
+        for field, flag in fields.items():
+            if isinstance(row.get(field), str):
+                continue
+            problem = (
+                f"has no field {field!r}" if field not in row else f"field {field!r} is not a string ({row[field]!r})"
+            )
+            strings = [name for name, value in row.items() if isinstance(value, str) and name not in fields]
+            hint = f" (e.g. {flag} {strings[0]})" if strings else ""
+            raise ValueError(
+                f"{path}: row {i} {problem}; the row's fields are {', '.join(map(repr, row)) or 'none'}: "
+                f"name the one to score with {flag}{hint}"
+            )
 
 
 def _tokenize(tokenizer: Any, prompt: str, response: str, chat: bool) -> tuple[list[int], int]:
@@ -303,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rows = _read_rows(args.data)
-        _check_fields(rows, [args.prompt_field, args.response_field], args.data)
+        _check_fields(rows, {args.prompt_field: "--prompt-field", args.response_field: "--response-field"}, args.data)
         column = args.reference_column
         if column is not None and not any(isinstance(row.get(column), (int, float)) for row in rows):
             raise ValueError(f"{args.data}: no row has a number in the reference column {column!r}")

@@ -1,7 +1,7 @@
 """The documented shell commands that fit in CI, run as written, so the docs cannot rot.
 
-A fenced shell block in ``README.md`` or ``examples/*/README.md`` is run by CI when an HTML comment
-right before it names the tox envs it runs in::
+A fenced shell block in ``README.md``, ``docs/*.md`` or ``examples/*/README.md`` is run by CI when
+an HTML comment right before it names the tox envs it runs in::
 
     <!-- ci: trl-oldest -->
     ```bash
@@ -11,16 +11,20 @@ right before it names the tox envs it runs in::
 The blocks for the current env (``GANPO_TOX_ENV``, set per env in tox.ini) are collected, one test
 per document: its marked blocks in document order, as one bash script each (``set -e``), in one
 scratch copy of the repository (the commands are written "from the repository root"), with this
-interpreter's ``bin`` first on ``PATH`` so ``python`` and the console scripts are the env's own. Two
-translations keep a run from changing the env or reaching outside the copy:
+interpreter's ``bin`` first on ``PATH`` so ``python`` and the console scripts are the env's own. One
+translation keeps a run from changing the env: ``pip install ARGS`` runs as
+``pip install --dry-run ARGS`` (it resolves against the env and builds the editable metadata
+without installing anything).
 
-- ``pip install ARGS`` runs as ``pip install --dry-run ARGS``: it resolves against the env (and
-  builds the editable metadata) without installing anything;
-- ``git clone <this repository> DIR`` copies the scratch copy to ``DIR``.
+``<!-- ci: demo -->`` marks what tests/host_axolotl/test_demo.py checks after running the demo's
+own commands (tox.ini ``[testenv:demo]``): a ``bash`` block is the demo by hand and must equal
+those commands; a ``console`` block is a transcript (``$ command`` lines, each followed by lines
+its output must contain) run in the folder the demo ran in.
 
 Blocks for other envs are not collected (not skipped: GANPO_FORBID_SKIPS=1 fails skips). The marker
-check below is always collected: every marker names an env of tox.ini's envlist and stands right
-before a shell block without ``tox`` in it (``tox -e demo`` is tests/host_axolotl/test_demo.py's).
+check below is always collected: every marker names an env of tox.ini's envlist (or ``demo``) and
+stands right before a shell block without ``tox`` in it (tox inside tox is not run here;
+test_fresh_tox_env.py checks the documented tox commands).
 """
 
 from __future__ import annotations
@@ -41,13 +45,13 @@ ENV_VAR = "GANPO_TOX_ENV"
 MARKER = re.compile(r"^\s*<!--\s*ci:\s*(?P<envs>.*?)\s*-->\s*$")
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<ticks>`{3,})\s*(?P<lang>[\w-]*)\s*$")
 SHELL_LANGS = {"bash", "sh", "shell"}
+DEMO = "demo"  # the marker of what test_demo.py runs after the demo (not an envlist env)
 PIP_INSTALL = re.compile(r"\bpip3?(\s+)install\b")
-GIT_CLONE = re.compile(r"^(\s*)git clone <this repository> (\S+)\s*$", re.MULTILINE)
 TIMEOUT_S = 900
 
 
 def doc_files() -> list[Path]:
-    return [REPO / "README.md", *sorted(REPO.glob("examples/*/README.md"))]
+    return [REPO / "README.md", *sorted(REPO.glob("docs/*.md")), *sorted(REPO.glob("examples/*/README.md"))]
 
 
 def tox_envs() -> list[str]:
@@ -110,13 +114,18 @@ def split_comment(line: str) -> tuple[str, str]:
     return line, ""
 
 
-def runnable(block: Block, source: Path) -> str:
-    """The block as the script CI runs: pip installs dry, the clone a copy of ``source``."""
+def runnable(block: Block) -> str:
+    """The block as the script CI runs: pip installs dry."""
     lines = []
     for line in block.text.splitlines():
         command, comment = split_comment(line)
         lines.append(PIP_INSTALL.sub(lambda m: f"pip{m[1]}install --dry-run", command) + comment)
-    return GIT_CLONE.sub(lambda m: f'{m[1]}cp -R "{source}" {m[2]}', "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def demo_blocks() -> list[Block]:
+    """The blocks marked ``demo`` (test_demo.py runs them)."""
+    return [block for block in ALL_BLOCKS if DEMO in block.envs]
 
 
 def copy_repository(dest: Path) -> None:
@@ -145,9 +154,11 @@ def test_ci_markers_name_known_envs_and_precede_a_shell_block() -> None:
     assert CURRENT_ENV in ("", *known), f"{ENV_VAR}={CURRENT_ENV!r} is not an env of tox.ini: {known}"
     problems = []
     for block in ALL_BLOCKS:
-        unknown = [env for env in block.envs if env not in known]
+        unknown = [env for env in block.envs if env not in (*known, DEMO)]
         if not block.envs or unknown:
-            problems.append(f"{block.where}: names {unknown or 'no env'}; tox.ini's envs are {known}")
+            problems.append(f"{block.where}: names {unknown or 'no env'}; tox.ini's envs are {known} (or {DEMO})")
+        if block.envs == (DEMO,) and block.lang == "console":
+            continue  # a transcript of commands and their output
         if block.lang not in SHELL_LANGS:
             problems.append(f"{block.where}: the marker must stand right before a ```bash block")
         if re.search(r"(^\s*|[;&|(]\s*|-m\s+)tox\b", block.text, re.MULTILINE):
@@ -159,13 +170,11 @@ if DOCS_HERE:
 
     @pytest.mark.parametrize("doc", DOCS_HERE)
     def test_documented_commands_run(doc: str, tmp_path: Path, host_env: dict[str, str]) -> None:
-        source = tmp_path / "repo"
-        copy_repository(source)
         work = tmp_path / "work"
-        shutil.copytree(source, work, symlinks=True)
+        copy_repository(work)
         env = {**host_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         for block in (b for b in ALL_BLOCKS if b.doc == doc and CURRENT_ENV in b.envs):
-            script = runnable(block, source)
+            script = runnable(block)
             result = subprocess.run(
                 ["bash", "-e", "-o", "pipefail", "-x", "-c", script],
                 cwd=work,

@@ -85,6 +85,17 @@ def test_discriminators_step_once_per_policy_step(zero2_run: Path) -> None:
     assert changed == [k for k in initial if k.endswith("weight")], "some discriminator weights never moved"
 
 
+def test_the_run_ends_with_the_closing_summary(zero2_run: Path) -> None:
+    lines = (zero2_run / "log.txt").read_text().splitlines()
+    summary = [i for i, line in enumerate(lines) if "ganpo: run summary at the last log (step 4): D+ accuracy" in line]
+    assert len(summary) == 1 and "ganpo regularizer ON" in lines[summary[0] - 1]
+    # 8 training micro-steps; the two evaluations are not training steps.
+    assert (
+        "skipped in 8 training micro-steps of this process: 0 discriminator updates, 0 policy terms"
+        in lines[summary[0]]
+    )
+
+
 def test_checkpoints_hold_regularizer_state(zero2_run: Path) -> None:
     ckpt = zero2_run / "ckpt"
     assert (ckpt / "latest").read_text().strip() == "global_step4"

@@ -120,4 +120,8 @@ def test_score_command_writes_csv_and_refuses_a_missing_field(
     refused = run_cli(
         [*base, *data, "--out", str(out), "--response-field", "answer"], log=scoring_inputs / "bad.log", timeout=300
     )
-    assert refused.returncode == 2 and "field 'answer' must be a string" in refused.stdout
+    assert refused.returncode == 2
+    assert (
+        "row 1 has no field 'answer'; the row's fields are 'prompt', 'response', 'oracle': name the one to score "
+        "with --response-field (e.g. --response-field response)"
+    ) in refused.stdout

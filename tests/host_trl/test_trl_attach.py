@@ -179,6 +179,27 @@ def test_lora_reference_is_the_adapter_disabled_forward(
     assert (batch.policy_chosen - chosen).abs().max() > 1e-3  # the adapter moved the policy
 
 
+def test_training_ends_with_the_closing_summary(
+    tmp_path: Path,
+    tokenizer: Any,
+    pairs: Dataset,
+    load_model: Callable[[], Any],
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    args = dpo_args(tmp_path, gradient_accumulation_steps=2)  # 2 optimiser steps, 4 micro-steps
+    trainer = DPOTrainer(load_model(), args=args, train_dataset=pairs, processing_class=tokenizer)
+    with caplog.at_level(logging.INFO, logger="ganpo_plugins"):
+        attach_regularizer(trainer, SMALL_D)
+        trainer.train()
+    printed = caplog.text + capfd.readouterr().err
+    last = train_logs(trainer)[-1]
+    assert printed.count("ganpo regularizer ON (weight λ=1.0) in DPOTrainer") == 2  # when attached, and at the end
+    accuracies = f"D+ accuracy {last['ganpo/d_pos/accuracy']:.3f}"
+    assert f"ganpo: run summary at the last log (step 2): {accuracies}" in printed
+    assert "skipped in 4 training micro-steps of this process: 0 discriminator updates, 0 policy terms" in printed
+
+
 def test_hinge_is_trls_own_hinge(tmp_path: Path, tokenizer: Any, pairs: Dataset, load_model: Callable[[], Any]) -> None:
     trainer = DPOTrainer(
         load_model(), args=dpo_args(tmp_path, max_steps=3), train_dataset=pairs, processing_class=tokenizer

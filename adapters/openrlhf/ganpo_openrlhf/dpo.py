@@ -96,7 +96,7 @@ class OpenRLHFAttachment(Attachment):
             },
         )
         self.wrap(self.engine, {"save_checkpoint": self._save_checkpoint})
-        announce_on(
+        self.on_line = announce_on(
             config, f"OpenRLHF {type(trainer).__name__} ({self.host})", metrics="train/ganpo/*",
             base=base.describe("OpenRLHF"),
             hidden="the decoder's final-norm output of OpenRLHF's own policy and reference forwards",
@@ -184,3 +184,4 @@ class OpenRLHFAttachment(Attachment):
                 self.trainer.strategy.print(f"ganpo: restored the regularizer state from {restored}")
         original(args, consumed_samples, num_update_steps_per_epoch)
         self.runner.save(args.ckpt.output_dir)
+        self.summarize(main=self.trainer.strategy.is_rank_0())

@@ -100,7 +100,7 @@ class GANPOAttachment(TrainerAttachment):
             ref = "the trainer's " + ("reference forward" if trainer.ref_model is not None else "adapter-disabled pass")
         else:
             ref = f"an extra no-grad forward of the {'PEFT base' if self.reference is None else 'reference'} model"
-        announce_on(
+        self.on_line = announce_on(
             config, f"{type(trainer).__name__} ({self.host})", base=self.base.describe("TRL"), reference=ref,
             hidden="the decoder's final-norm output of the trainer's own forwards",
             main=trainer.accelerator.is_main_process,

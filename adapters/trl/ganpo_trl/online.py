@@ -60,7 +60,7 @@ class OnlineDPOAttachment(TrainerAttachment):
             }
         )
         reference = "the trainer's " + ("reference model" if trainer.ref_model is not None else "adapter-disabled pass")
-        announce_on(
+        self.on_line = announce_on(
             config, f"{type(trainer).__name__} ({self.host}, online: on-policy samples)", reference=reference,
             hidden="the decoder's final-norm output of the trainer's policy and reference forwards on the two samples",
             base=self.base.describe("TRL"), main=trainer.accelerator.is_main_process,
