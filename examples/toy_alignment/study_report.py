@@ -184,12 +184,32 @@ def _errorbar(ax, points: list[tuple[float, dict]], label: str, style: str) -> N
     ax.errorbar(xs, means, yerr=[lo, hi], fmt=style, capsize=3, label=label)
 
 
-def summary_table(per_regime: dict[str, list[dict]]) -> str:
+def cost_lines(runs: list[dict], timing: list[dict]) -> list[str]:
+    """What the study has run and what it cost: runs present, their summed CPU seconds (one torch thread
+    per run, so about the wall time of one idle core) and each invocation's wall time."""
+    timed = [r for r in runs if "eval_cpu_s" in r]
+    cpu = sum(r.get("train_cpu_s", 0.0) + r["eval_cpu_s"] for r in timed)
+    trained = [r for r in runs if r["regime"] != "sft"]
+    lines = [
+        f"Runs present: {len(trained)} trained runs and {len(runs) - len(trained)} SFT evaluations. "
+        f"CPU time of the {len(timed)} that recorded it: {cpu / 60:.1f} min "
+        f"({cpu / max(1, len(timed)):.0f} s per run).",
+    ]
+    if timing:
+        walls = ", ".join(f"{t['wall_s'] / 60:.0f} min for {t['runs']} runs ({t['started']})" for t in timing)
+        lines.append(f"Invocations (wall time, {timing[-1]['workers']} workers): {walls}.")
+    return lines
+
+
+def summary_table(per_regime: dict[str, list[dict]], runs: list[dict], timing: list[dict]) -> str:
     lines = [
         "# When does GANPO help? Paired differences in oracle reward, every regime",
         "",
         "Δ = GANPO at λ − plain (λ = 0), same seed; mean [95 % paired-t interval]; * marks an interval "
-        "that excludes 0. Per-regime tables (KL, length, drift, discriminators): `<regime>.md`.",
+        "that excludes 0; (n=1): one seed, no interval. Per-regime tables (KL, length, drift, "
+        "discriminators): `<regime>.md`.",
+        "",
+        *cost_lines(runs, timing),
     ]
     for t in TEMPS:
         weights = sorted({c["weight"] for cells in per_regime.values() for c in cells if c["weight"] > 0})
@@ -221,4 +241,5 @@ def write(out: Path, meta: dict) -> None:
         regime_plot(out / f"{name}.png", name, cells)
         payload = {"meta": meta | {"regime": regime}, "cells": cells, "runs": mine}
         (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (out / "summary.md").write_text(summary_table(per_regime))
+    timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").exists() else []
+    (out / "summary.md").write_text(summary_table(per_regime, runs, timing))
