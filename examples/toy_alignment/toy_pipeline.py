@@ -245,12 +245,22 @@ def shared_trainer_args(work, seed: int) -> dict:
     )
 
 
-def train_preference(method: str, ganpo: bool, sft_dir, pairs: list[dict[str, str]], sizes: Sizes, seed: int, work):
+def train_preference(
+    method: str,
+    ganpo: bool,
+    sft_dir,
+    pairs: list[dict[str, str]],
+    sizes: Sizes,
+    seed: int,
+    work,
+    logging_steps: int = 5,
+):
     """Train one arm with the real TRL trainer; returns ``(policy, trainer, attachment)``.
 
     ``method`` is ``dpo`` or ``simpo``; with ``ganpo`` the regularizer attaches to the built trainer
     through the project's TRL adapter (``ganpo_trl.attach_regularizer``), with the SFT model as the
     reference whose hidden states it compares against (SimPO runs no reference forward of its own).
+    ``logging_steps`` 1 keeps every step's GANPO metrics apart in ``trainer.state.log_history``.
     """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, PrinterCallback
@@ -260,7 +270,8 @@ def train_preference(method: str, ganpo: bool, sft_dir, pairs: list[dict[str, st
     ref = AutoModelForCausalLM.from_pretrained(sft_dir).eval()  # DPO's reference; GANPO's h_r under SimPO
     data = Dataset.from_list(pairs)
     common = dict(
-        **shared_trainer_args(work, seed),
+        shared_trainer_args(work, seed),
+        logging_steps=logging_steps,
         per_device_train_batch_size=sizes.batch,
         num_train_epochs=sizes.epochs,
         gradient_checkpointing=False,
@@ -338,8 +349,9 @@ TEMPERATURES = (0.5, 1.0, 1.5)
 
 @torch.no_grad()
 def evaluate(policy, ref, tokenizer, sizes: Sizes, seed: int, method: str | None, attachment=None) -> dict:
-    """Oracle reward of samples at each temperature (and the policy's entropy and the length excess
-    along them); at the highest temperature also the Pearson r of the oracle with (a) the trained D+
+    """Oracle reward of samples at each temperature (and the policy's entropy, the response length and
+    the length excess along them), the KL to ``ref`` estimated on the T = 1 samples; at the highest
+    temperature also the Pearson r of the oracle with (a) the trained D+
     (and D−) scores of the policy's hidden states on its own samples, (b) the method's implicit reward
     (DPO: log π/π_ref; SimPO: mean log π per token) and (c) the policy's confidence (mean log π per
     token, for every arm: the score one gets for free).
@@ -363,6 +375,10 @@ def evaluate(policy, ref, tokenizer, sizes: Sizes, seed: int, method: str | None
         result[f"entropy@{temp}"] = float(entropy.sum() / n_tokens.sum())
         goal = torch.tensor([len(target(p)) for p in prompts])
         result[f"len_excess@{temp}"] = float((lengths - goal).float().mean())
+        result[f"length@{temp}"] = float(lengths.float().mean())
+        if temp == 1.0:
+            # Samples of the untempered policy: mean log π/π_ref estimates KL(π ‖ π_ref) per sequence.
+            result["kl_ref"] = float((logp - _response_stats(ref, ids, attn, rmask)[0]).mean())
     # The variables now hold the highest temperature's samples: score them.
     confidence = logp / n_tokens
     result["r_confidence"] = pearson(confidence, rewards)
