@@ -155,20 +155,29 @@ def test_weight_zero_is_plain_openrlhf_dpo(tiny_assets: Path, host_env, tmp_path
     assert regularizer_state(ganpo / "model" / "ganpo_regularizer.pt")["state"]["disc_steps"] == 4
 
 
-# f(0) for each GPO kind (docs/methods.md): at the first step the policy equals the reference, ρ = 0.
-GPO_AT_ZERO = {"hinge": 1.0, "squared": 1.0, "exponential": 1.0, "truncated_quadratic": 1.0, "savage": 0.25}
+# Each GPO kind f(x) of x = βρ (docs/methods.md), written out here.
+GPO = {
+    "hinge": lambda x: max(0.0, 1.0 - x),
+    "squared": lambda x: (x - 1.0) ** 2,
+    "exponential": lambda x: math.exp(-x),
+    "truncated_quadratic": lambda x: max(0.0, 1.0 - x) ** 2,
+    "savage": lambda x: 1.0 / (1.0 + math.exp(x)) ** 2,
+}
 
 
-@pytest.mark.parametrize(
-    "kind", [pytest.param(k, marks=pytest.mark.newest) if k == "savage" else k for k in sorted(GPO_AT_ZERO)]
-)
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.newest) if k == "savage" else k for k in GPO])
 def test_gpo_kind_is_the_base_loss(kind: str, tiny_assets: Path, host_env, tmp_path: Path) -> None:
-    args = dpo_args(tiny_assets, tmp_path, *TINY_D, "--ganpo.preference_loss", kind, samples=4)
+    # One pair per step, two steps: at the second the policy has moved (ρ ≠ 0), where the kinds differ
+    # (at ρ = 0 all but savage give 1). β 2 and lr 1e-2 make the margin large enough to tell them apart.
+    extra = ("--ganpo.preference_loss", kind, "--model.beta", "2.0", "--adam.lr", "1e-2")
+    args = dpo_args(tiny_assets, tmp_path, *TINY_D, *extra, samples=2, batch=1, micro=1)
     check(run(MODULE, args, tmp_path / "log.txt", host_env), tmp_path / "log.txt")
     logged = scalars(tmp_path / "tb")
-    # loss_mean = mean over the window of (f(βρ) + λ·L_adv) with λ = 1.
-    base = logged["train/loss_mean"][1] - logged["train/ganpo/adv_loss"][1]
-    assert base == pytest.approx(GPO_AT_ZERO[kind], abs=1e-5)
+    margin = logged["train/chosen_reward"][2] - logged["train/reject_reward"][2]  # βρ of the one pair
+    base = logged["train/loss"][2] - logged["train/ganpo/adv_loss"][2]  # loss = f(βρ) + λ·L_adv, λ = 1
+    assert base == pytest.approx(GPO[kind](margin), abs=1e-4), (kind, margin)
+    others = {other: f(margin) for other, f in GPO.items() if other != kind}
+    assert all(abs(value - base) > 1e-3 for value in others.values()), (margin, base, others)  # ρ tells them apart
 
 
 @pytest.mark.newest

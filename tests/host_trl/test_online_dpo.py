@@ -20,14 +20,14 @@ pytest.importorskip("trl.experimental.online_dpo", reason="needs TRL >= 1.9 with
 from datasets import Dataset
 from ganpo_trl import OnlineDPOAttachment, attach_regularizer
 from transformers import TrainerCallback
-from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+from trl.experimental.online_dpo import OnlineDPOTrainer
+from trl_args import online_args
 
 import ganpo_plugins
 from ganpo_plugins import StepInfo
 from ganpo_plugins.runner import state_path
 
 SMALL_D = {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
-BETA = 0.1
 
 
 def reward(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[float]:
@@ -38,25 +38,6 @@ def reward(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[fl
 @pytest.fixture(scope="module")
 def prompts(pairs: Any) -> Dataset:
     return Dataset.from_dict({"prompt": pairs["prompt"][:8]})
-
-
-def online_args(tmp_path: Path, **overrides: Any) -> OnlineDPOConfig:
-    settings: dict[str, Any] = {
-        "output_dir": str(tmp_path / "out"),
-        "use_cpu": True,
-        "per_device_train_batch_size": 2,
-        "max_steps": 2,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": [],
-        "learning_rate": 1e-3,
-        "max_new_tokens": 6,
-        "max_length": 48,
-        "seed": 0,
-        "beta": BETA,
-        "disable_tqdm": True,
-    }
-    return OnlineDPOConfig(**{**settings, **overrides})
 
 
 @pytest.fixture
