@@ -14,8 +14,8 @@ rank, and, with per-rank files, a resumed run identical to an uninterrupted one.
 Which save path is whose: the SHARDED_STATE_DICT checkpoints are accelerate's own code; the FSDP2
 FULL_STATE_DICT model save is the shim's gather (the torch call accelerate makes, without its
 ``cpu_offload``, whose tensors are invalid by the time safetensors writes them on CPU), so
-accelerate's own FSDP2 ``get_state_dict`` (with its offload) is not tested. The HSDP / tensor-parallel group choice is a unit test of the choice alone
-(a real HSDP run needs 4 processes).
+accelerate's own FSDP2 ``get_state_dict`` (with its offload) is not tested. The HSDP / tensor-parallel
+group choice is a unit test of the choice alone (a real HSDP run needs 4 processes).
 
 Not covered here, with the reason: FSDP1 with FULL_STATE_DICT (the host's own model and
 optimiser checkpoint segfaults inside torch on CPU; the regularizer file does not depend on
