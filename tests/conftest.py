@@ -14,18 +14,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Host runs are offline and quiet: no hub, no telemetry, no experiment trackers.
-HOST_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONHASHSEED": "0",
-    # One math thread: on a small shared CPU, torch's thread pool mostly spins (3x slower here).
-    "OMP_NUM_THREADS": "1",
-}
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``#`` comments) as a dict."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+# Host runs are offline and quiet (offline.env), with one math thread: on a small shared CPU,
+# torch's thread pool mostly spins (3x slower here).
+HOST_ENV = {**read_env_file(REPO / "offline.env"), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="session")
