@@ -56,7 +56,7 @@ from torch import Tensor
 
 import ganpo_plugins
 from ganpo_plugins import StepInfo
-from ganpo_plugins.runner import state_path
+from ganpo_plugins.adapter_kit.checkpoint import state_path
 
 from . import runner_spy
 from .runner_spy import Record

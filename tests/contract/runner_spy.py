@@ -1,7 +1,7 @@
 """What the regularizer did in one host run, recorded for the host-adapter contract (host_harness.py).
 
 Every adapter runs the regularizer through :class:`~ganpo_plugins.RegularizerRunner` and builds its
-handle on :class:`~ganpo_plugins.attachment.Attachment`; :func:`install` wraps both, in this process
+handle on :class:`~ganpo_plugins.adapter_kit.attachment.Attachment`; :func:`install` wraps both, in this process
 or in a host's CLI process, and writes to a record folder:
 
 - ``infos.jsonl``: the ``StepInfo`` of every ``RegularizerRunner.step`` call;
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from ganpo_plugins import RegularizerRunner, StepInfo
-from ganpo_plugins.attachment import Attachment
-from ganpo_plugins.registry import load_host_adapters
+from ganpo_plugins.adapter_kit.attachment import Attachment
+from ganpo_plugins.plugins.registry import load_host_adapters
 
 
 @dataclass

@@ -178,7 +178,7 @@ def test_unit_data_parallel_group_choice_from_accelerates_mesh_sizes(sizes: dict
     accelerate's parallelism sizes), on a stand-in mesh: no HSDP or TP run happens here."""
     from accelerate.parallelism_config import ParallelismConfig
 
-    from ganpo_plugins.hf_trainer import data_parallel_group
+    from ganpo_plugins.adapter_kit.hf_trainer import accelerator_data_parallel_group
 
     class Mesh:
         def __getitem__(self, name: str) -> Any:
@@ -187,6 +187,6 @@ def test_unit_data_parallel_group_choice_from_accelerates_mesh_sizes(sizes: dict
     accelerator = type(
         "Accelerator", (), {"parallelism_config": ParallelismConfig(**sizes), "torch_device_mesh": Mesh()}
     )
-    assert data_parallel_group(accelerator) == (None if group is None else f"group of {group}")
+    assert accelerator_data_parallel_group(accelerator) == (None if group is None else f"group of {group}")
     without_mesh = type("Accelerator", (), {"parallelism_config": None, "torch_device_mesh": None})
-    assert data_parallel_group(without_mesh) is None  # DDP, plain FSDP, ZeRO: the default (whole) group
+    assert accelerator_data_parallel_group(without_mesh) is None  # DDP, plain FSDP, ZeRO: the default (whole) group

@@ -25,7 +25,7 @@ from trl_args import online_args
 
 import ganpo_plugins
 from ganpo_plugins import StepInfo
-from ganpo_plugins.runner import state_path
+from ganpo_plugins.adapter_kit.checkpoint import state_path
 
 SMALL_D = {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
 

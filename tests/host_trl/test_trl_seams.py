@@ -22,8 +22,8 @@ from transformers import AutoModelForCausalLM
 from trl import DPOTrainer
 from trl_args import BETA, dpo_args
 
-from ganpo_plugins import hosts
-from ganpo_plugins.taps import find_decoder
+from ganpo_plugins.adapter_kit import versions as hosts
+from ganpo_plugins.adapter_kit.taps import find_decoder
 
 # A non-default configuration: the undo must not depend on defaults.
 CONFIG = {**SMALL_D, "preference_loss": "savage", "weight": 0.5, "mask": "sequence", "seed": 7}

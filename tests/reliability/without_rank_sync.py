@@ -9,7 +9,7 @@ import runpy
 import sys
 from typing import Any
 
-from ganpo_plugins import ganpo, learned
+from ganpo_plugins.regularizers import ganpo, learned
 
 
 def _unreduced(tensor: Any, group: Any) -> Any:

@@ -1,0 +1,17 @@
+"""Which TRL trainers the adapter claims, by class name (TRL is never imported to tell)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ganpo_plugins.adapter_kit import host_class
+
+__all__ = ["KINDS", "trainer_kind"]
+
+KINDS = {"DPOTrainer": "dpo", "CPOTrainer": "cpo", "OnlineDPOTrainer": "online_dpo"}
+
+
+def trainer_kind(trainer: Any) -> str | None:
+    """``dpo``, ``cpo`` or ``online_dpo`` for TRL's trainers and their subclasses, else ``None``."""
+    name = host_class(trainer, "trl.", KINDS)
+    return None if name is None else KINDS[name]
