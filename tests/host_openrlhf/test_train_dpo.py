@@ -35,15 +35,13 @@ MODULE = "ganpo_openrlhf.train_dpo"
 TINY_D_CONFIG = {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
 
 
-@pytest.fixture(scope="module")
-def zero2_run(tiny_assets: Path, host_env, tmp_path_factory) -> Path:
-    """1 process, ZeRO-2, 16 pairs, batch 4 of micro-batches of 2 (4 policy steps, 8 micro-steps),
-    a DeepSpeed and an HF checkpoint every 2 steps, evaluation every 2 steps."""
-    out = tmp_path_factory.mktemp("zero2")
-    eval_rows = [json.loads(line) for line in (tiny_assets / "prefs.jsonl").read_text().splitlines()[-4:]]
-    eval_file = write_jsonl(out / "eval.jsonl", eval_rows)
-    args = dpo_args(
-        tiny_assets,
+def eval_rows(assets: Path) -> list[dict]:
+    return [json.loads(line) for line in (assets / "prefs.jsonl").read_text().splitlines()[-4:]]
+
+
+def zero2_args(assets: Path, out: Path, eval_file: Path) -> list[str]:
+    return dpo_args(
+        assets,
         out,
         *TINY_D,
         "--ds.zero_stage", "2",
@@ -53,6 +51,14 @@ def zero2_run(tiny_assets: Path, host_env, tmp_path_factory) -> Path:
         "--eval.split", "train",
         "--eval.steps", "2",
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def zero2_run(tiny_assets: Path, host_env, tmp_path_factory) -> Path:
+    """1 process, ZeRO-2, 16 pairs, batch 4 of micro-batches of 2 (4 policy steps, 8 micro-steps),
+    a DeepSpeed and an HF checkpoint every 2 steps, evaluation every 2 steps."""
+    out = tmp_path_factory.mktemp("zero2")
+    args = zero2_args(tiny_assets, out, write_jsonl(out / "eval.jsonl", eval_rows(tiny_assets)))
     check(run(MODULE, args, out / "log.txt", host_env), out / "log.txt")
     return out
 
@@ -97,18 +103,24 @@ def test_checkpoints_hold_regularizer_state(zero2_run: Path) -> None:
 
 
 @pytest.mark.newest
-def test_resume_restores_regularizer_state(zero2_run: Path, tiny_assets: Path, host_env, tmp_path: Path) -> None:
-    # Resume from the run's last checkpoint: nothing is left to train, so the state the resumed
-    # run writes at the end is exactly the state it restored.
-    shutil.copytree(zero2_run / "ckpt", tmp_path / "ckpt", ignore=shutil.ignore_patterns("*_hf"))
-    args = dpo_args(tiny_assets, tmp_path, *TINY_D, "--ds.zero_stage", "2", "--ckpt.load_enable")
-    result = run(MODULE, args, tmp_path / "log.txt", host_env)
+def test_resume_continues_as_the_uninterrupted_run(
+    zero2_run: Path, tiny_assets: Path, host_env, tmp_path: Path
+) -> None:
+    # Resume from the checkpoint half way (step 2 of 4) with the run's own flags: the resumed run
+    # restores the regularizer, trains steps 3 and 4, and ends where the uninterrupted run ended.
+    shutil.copytree(zero2_run / "ckpt" / "global_step2", tmp_path / "ckpt" / "global_step2")
+    (tmp_path / "ckpt" / "latest").write_text("global_step2")
+    args = zero2_args(tiny_assets, tmp_path, write_jsonl(tmp_path / "eval.jsonl", eval_rows(tiny_assets)))
+    result = run(MODULE, [*args, "--ckpt.load_enable"], tmp_path / "log.txt", host_env)
     check(result, tmp_path / "log.txt")
     assert "ganpo: restored the regularizer state from" in result.stdout
-    assert_states_equal(
-        regularizer_state(tmp_path / "model" / "ganpo_regularizer.pt")["state"],
-        regularizer_state(zero2_run / "ckpt" / "global_step4" / "ganpo_regularizer.pt")["state"],
-    )
+    resumed = regularizer_state(tmp_path / "model" / "ganpo_regularizer.pt")["state"]
+    assert resumed["disc_steps"] == 4  # it trained on from 2
+    assert_states_equal(resumed, regularizer_state(zero2_run / "model" / "ganpo_regularizer.pt")["state"])
+    from safetensors.torch import load_file
+
+    policy = load_file(tmp_path / "model" / "model.safetensors")
+    assert_states_equal(policy, load_file(zero2_run / "model" / "model.safetensors"), "policy")
 
 
 def test_two_ranks_zero3_keep_identical_discriminators(tiny_assets: Path, host_env, tmp_path: Path) -> None:
