@@ -21,7 +21,6 @@ import torch
 pytest.importorskip("axolotl.cli", reason="needs Axolotl: tox -e axolotl-oldest / axolotl-newest")
 
 from bad_input_table import table
-from safetensors.torch import load_file
 
 from ganpo_plugins import GANPORegularizer, RegularizerContext, parse_config
 
