@@ -47,7 +47,8 @@ def test_online_study_runs_and_writes_its_results(tmp_path: Path, host_env: dict
             assert len(scores) == len(oracle) > 1 and all(math.isfinite(s) for s in scores), scores
             assert len(set(scores)) > 1, scores
             expected = pearson(scores, oracle)
-            assert run["r_d_pos"] == pytest.approx(expected, abs=1e-6, nan_ok=True), (run["r_d_pos"], expected)
+            # (the raw file keeps the scores to 4 decimals: the correlation recomputed from them moves by ~1e-5)
+            assert run["r_d_pos"] == pytest.approx(expected, abs=1e-3, nan_ok=True), (run["r_d_pos"], expected)
 
 
 def pearson(x: list[float], y: list[float]) -> float:
