@@ -179,14 +179,15 @@ GPO = {
 
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.newest) if k == "savage" else k for k in GPO])
 def test_gpo_kind_is_the_base_loss(kind: str, tiny_assets: Path, host_env, tmp_path: Path) -> None:
-    # One pair per step, two steps: at the second the policy has moved (ρ ≠ 0), where the kinds differ
-    # (at ρ = 0 all but savage give 1). β 2 and lr 1e-2 make the margin large enough to tell them apart.
+    # One pair per step, three steps: OpenRLHF's warm-up gives step 1 lr 0, so the policy first moves
+    # at step 2 and step 3 is the first with ρ ≠ 0, where the kinds differ (at ρ = 0 all but savage
+    # give 1). β 2 and lr 1e-2 make the margin large enough to tell them apart.
     extra = ("--ganpo.preference_loss", kind, "--model.beta", "2.0", "--adam.lr", "1e-2")
-    args = dpo_args(tiny_assets, tmp_path, *TINY_D, *extra, samples=2, batch=1, micro=1)
+    args = dpo_args(tiny_assets, tmp_path, *TINY_D, *extra, samples=3, batch=1, micro=1)
     check(run(MODULE, args, tmp_path / "log.txt", host_env), tmp_path / "log.txt")
     logged = scalars(tmp_path / "tb")
-    margin = logged["train/chosen_reward"][2] - logged["train/reject_reward"][2]  # βρ of the one pair
-    base = logged["train/loss"][2] - logged["train/ganpo/adv_loss"][2]  # loss = f(βρ) + λ·L_adv, λ = 1
+    margin = logged["train/chosen_reward"][3] - logged["train/reject_reward"][3]  # βρ of the one pair
+    base = logged["train/loss"][3] - logged["train/ganpo/adv_loss"][3]  # loss = f(βρ) + λ·L_adv, λ = 1
     assert base == pytest.approx(GPO[kind](margin), abs=1e-4), (kind, margin)
     others = {other: f(margin) for other, f in GPO.items() if other != kind}
     assert all(abs(value - base) > 1e-3 for value in others.values()), (margin, base, others)  # ρ tells them apart
