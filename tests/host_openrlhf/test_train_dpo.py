@@ -189,8 +189,10 @@ def test_gpo_kind_is_the_base_loss(kind: str, tiny_assets: Path, host_env, tmp_p
     margin = logged["train/chosen_reward"][3] - logged["train/reject_reward"][3]  # βρ of the one pair
     base = logged["train/loss"][3] - logged["train/ganpo/adv_loss"][3]  # loss = f(βρ) + λ·L_adv, λ = 1
     assert base == pytest.approx(GPO[kind](margin), abs=1e-4), (kind, margin)
+    # ρ ≠ 0 tells this kind from the others, bar at most one: no x separates all five (truncated_quadratic
+    # equals squared for x ≤ 1 and hinge for x ≥ 1)
     others = {other: f(margin) for other, f in GPO.items() if other != kind}
-    assert all(abs(value - base) > 1e-3 for value in others.values()), (margin, base, others)  # ρ tells them apart
+    assert sum(abs(value - base) > 1e-3 for value in others.values()) >= len(others) - 1, (margin, base, others)
 
 
 @pytest.mark.newest
