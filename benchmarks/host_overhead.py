@@ -122,15 +122,10 @@ RUNS = (
 )
 WORDS = "red green blue cyan amber black white gold pink gray lime teal navy plum rose sand".split()
 OPENRLHF_TEMPLATE = "User: {}\nAssistant: "
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONHASHSEED": "0",
-}
+# Offline, no telemetry: the repository's offline.env (KEY=VALUE lines, # comments).
+OFFLINE_ENV = dict(
+    line.split("=", 1) for line in (REPO / "offline.env").read_text().splitlines() if line and not line.startswith("#")
+)
 FULL = {"hidden": 1024, "layers": 8, "seq": 256, "batch": 2, "steps": 6, "warmup": 2, "rounds": 3}
 TINY = {"hidden": 64, "layers": 2, "seq": 64, "batch": 2, "steps": 4, "warmup": 1, "rounds": 1}
 # --tiny only: a discriminator sized for a hidden-64 model (the paper's would be the whole cost).

@@ -14,18 +14,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Host runs are offline and quiet: no hub, no telemetry, no experiment trackers.
-HOST_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONHASHSEED": "0",
-    # One math thread: on a small shared CPU, torch's thread pool mostly spins (3x slower here).
-    "OMP_NUM_THREADS": "1",
-}
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``#`` comments) as a dict."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+# Host runs are offline and quiet (offline.env), with one math thread: on a small shared CPU,
+# torch's thread pool mostly spins (3x slower here).
+HOST_ENV = {**read_env_file(REPO / "offline.env"), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -92,14 +90,60 @@ def example_config() -> Callable[..., dict[str, Any]]:
     return load
 
 
+# The skip rule. Under tox (GANPO_TOX_ENV or GANPO_FORBID_SKIPS=1 set, as tox.ini does) each env runs
+# only the tests meant for it, so a test that did not run there means a host or dependency went
+# missing: the run fails on any skip (at collection too: a module's importorskip), any xfail or
+# xpass, and any test path named on the command line of which no test passed (a folder that
+# collected nothing, a file a ``-m`` selection emptied). Outcomes are counted here from pytest's own
+# reports, not from the terminal reporter, so no plugin flag (``-p no:terminal``) turns it off.
+# Only a ``-k`` narrowing, which a person types, waives the empty-path check.
+
+
+def _skip_rule_on() -> bool:
+    return os.environ.get("GANPO_FORBID_SKIPS") == "1" or bool(os.environ.get("GANPO_TOX_ENV"))
+
+
+_FORBIDDEN: list[str] = []  # "<outcome> <nodeid>: <why>"
+_PASSED: list[str] = []  # node ids of the tests that passed
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:
+        _FORBIDDEN.append(f"skipped (at collection) {report.nodeid}: {report.longrepr}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    xfail = getattr(report, "wasxfail", None)
+    if report.skipped and xfail is not None:
+        _FORBIDDEN.append(f"xfailed {report.nodeid}: {xfail}")
+    elif report.skipped:
+        _FORBIDDEN.append(f"skipped {report.nodeid}: {report.longrepr}")
+    elif report.passed and xfail is not None and report.when == "call":
+        _FORBIDDEN.append(f"xpassed {report.nodeid}: {xfail}")
+    elif report.passed and report.when == "call":
+        _PASSED.append(report.nodeid)
+
+
+def empty_test_paths(config: pytest.Config, passed: list[str]) -> list[str]:
+    """The test paths named on the command line (files or folders, as in node ids: relative to the
+    rootdir) of which no test passed."""
+    named = []
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if path.exists():
+            inside = path.is_relative_to(config.rootpath)
+            named.append(path.relative_to(config.rootpath).as_posix() if inside else str(path))
+    ran = [nodeid.split("::")[0] for nodeid in passed]
+    return [p for p in named if not any(r == p or r.startswith(p.rstrip("/") + "/") for r in ran)]
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Under tox (``GANPO_FORBID_SKIPS=1``) a skipped test fails the run: each env runs only
-    the tests meant for it, so a skip there means a host or dependency went missing."""
-    if os.environ.get("GANPO_FORBID_SKIPS") != "1":
+    if not _skip_rule_on():
         return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
-    if skipped:
-        for report in skipped:
-            print(f"\nFORBIDDEN SKIP: {report.nodeid}: {report.longrepr}")
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    broken = [f"FORBIDDEN {entry}" for entry in _FORBIDDEN]
+    if not session.config.getoption("keyword"):
+        broken += [f"EMPTY TEST SET {path}: no test of it passed" for path in empty_test_paths(session.config, _PASSED)]
+    if broken:
+        print("\n" + "\n".join(broken))
+        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -15,7 +15,7 @@ python examples/tiny/make_tiny_assets.py --out "${OUT}/assets" --pairs 64
 
 export PYTHONPATH="${PWD}/tests/host_openrlhf/cpu_shims${PYTHONPATH:+:${PYTHONPATH}}"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-${HOME}/.cache/ganpo-plugins/torch_extensions/openrlhf}
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+set -a; . ./offline.env; set +a  # offline, no telemetry
 # What torchrun would set for a single process.
 export RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-29517}
 

@@ -26,14 +26,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]  # its outputs/ is git-ignored: cached models never land in a commit
 sys.path.insert(0, str(HERE))
-for key, value in {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(key, value)
+# Offline, no telemetry: the repository's offline.env (KEY=VALUE lines, # comments).
+for line in (REPO / "offline.env").read_text().splitlines():
+    if line and not line.startswith("#"):
+        os.environ.setdefault(*line.split("=", 1))
 
 import torch  # noqa: E402
 import toy_pipeline as tp  # noqa: E402

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,15 @@ from ganpo_plugins.apo.data import apo_pairs, golden_responses, human_pairs, rea
 pytestmark = pytest.mark.axolotl
 
 EXAMPLE = "examples/apo/axolotl_rm_apo.yml"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_tiny_reward_model(assets: Path) -> Path:
+    spec = importlib.util.spec_from_file_location("tiny_round", REPO / "examples/apo/tiny_round.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_tiny_reward_model(assets)
 
 
 def test_axolotl_trains_the_reward_model_with_the_apo_loss(
@@ -34,14 +45,19 @@ def test_axolotl_trains_the_reward_model_with_the_apo_loss(
                for r in prefs]  # fmt: skip
     rows = human_pairs(prefs, "prefs", chat=True) + apo_pairs(samples, golden_responses(prefs, "p", "chosen"), "s", 2)
     write_jsonl(tmp_path / "pairs.jsonl", rows)
+    rm = make_tiny_reward_model(tiny_assets)  # a saved score head: the same initial rewards here and in Axolotl
     cfg = example_config(
         EXAMPLE,
         {
-            "base_model": str(tiny_assets / "model"),
+            "base_model": str(rm),
             "datasets": [{"path": str(tmp_path / "pairs.jsonl"), "ds_type": "json", "type": "ganpo_axolotl.apo"}],
             "dataset_prepared_path": str(tmp_path / "prepared"),
             "output_dir": str(tmp_path / "out"),
-            "max_steps": 3,
+            # one step over every pair: the logged loss is the APO loss of the initial model on all of them
+            "micro_batch_size": len(rows),
+            "max_steps": 1,
+            "save_strategy": "steps",
+            "save_steps": 1,
         },
     )
     (tmp_path / "cfg.yml").write_text(yaml.safe_dump(cfg))
@@ -66,6 +82,25 @@ def test_axolotl_trains_the_reward_model_with_the_apo_loss(
     got = {(tuple(ex["chosen_ids"]), tuple(ex["rejected_ids"]), ex["is_apo"]) for ex in trained}
     assert got == expected
     assert sum(trained["is_apo"]) == 16
+
+    # the loss Axolotl logged is APO's, by value: Σ_i w_i · (−log σ(r_chosen − r_rejected)) / N with
+    # w = c_human for human pairs and c_apo / k for APO pairs (arXiv 2311.08045; docs/apo.md)
+    import json
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(rm).eval()
+    apo = cfg["apo"]
+    with torch.no_grad():
+        terms = []
+        for ex in trained:
+            chosen, rejected = (float(model(torch.tensor([ex[key]])).logits) for key in ("chosen_ids", "rejected_ids"))
+            weight = apo["c_apo"] / apo["samples_per_prompt"] if ex["is_apo"] else apo["c_human"]
+            terms.append(weight * -math.log(1 / (1 + math.exp(-(chosen - rejected)))))
+    history = json.loads((tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text())["log_history"]
+    (logged,) = [entry["loss"] for entry in history if "loss" in entry]
+    assert logged == pytest.approx(sum(terms) / len(terms), rel=1e-4)
 
 
 def test_apo_block_needs_reward_model_and_valid_weights() -> None:

@@ -4,11 +4,9 @@ token, and one complete round ending in TRL's own SFT."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from ganpo_plugins.apo.cli import main as apo_cli
 from ganpo_plugins.apo.data import prompt_key, read_jsonl, unique_prompt_rows, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests"
 
 
 def load_example(name: str):
@@ -72,27 +71,14 @@ def test_sample_killed_mid_run_continues_without_loss_or_duplicates(
 ) -> None:
     out = tmp_path / "samples.jsonl"
     args = sample_args(tiny_assets / "model", prompts, out)
-    args[args.index("--max-new-tokens") + 1] = "64"
     args[args.index("--batch-size") + 1] = "1"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ganpo_plugins.apo", *args], env=host_env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            if out.exists() and out.read_bytes().count(b"\n") >= 2:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
+    # killed from inside once 2 batches (one prompt each) are written and synced, in the third's work
+    kill_at = [sys.executable, str(TESTS / "kill_at.py"), "apo-batch:2", "-m", "ganpo_plugins.apo"]
+    proc = subprocess.run([*kill_at, *args], env=host_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     data = out.read_bytes()
     before = data[: data.rfind(b"\n") + 1]  # the complete rows the killed run left
-    assert 2 <= before.count(b"\n") < 12
+    assert before == data and before.count(b"\n") == 2  # exactly the two synced rows
     assert apo_cli(args) == 0
     after = out.read_bytes()
     assert after.startswith(before)

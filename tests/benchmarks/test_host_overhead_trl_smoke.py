@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from printed_numbers import assert_printed_ratio
 
 pytest.importorskip("trl.trainer", reason="needs TRL: tox -e trl-oldest")
 
@@ -60,8 +61,10 @@ def test_tiny_trl_benchmark_prints_every_row_with_finite_positive_ratios(
         for column in NUMERIC:
             value = float(row[column])
             assert math.isfinite(value) and value > 0, (name, column, row[column])
-    assert float(rows["plain DPO"]["time ratio"]) == 1.0
-    assert float(rows["plain DPO"]["FLOP bound"]) == 1.0
+    plain = rows["plain DPO"]  # the unit of every ratio
+    for name, row in rows.items():
+        for value, ratio in (("s/step (median)", "time ratio"), ("CPU s/step", "CPU ratio")):
+            assert_printed_ratio(row[ratio], row[value], plain[value], f"{name} {ratio}")
     assert float(rows["GANPO (mask response)"]["FLOP bound"]) < float(rows[SAVAGE]["FLOP bound"])
 
     saved = json.loads((tmp_path / "results.json").read_text())

@@ -11,6 +11,12 @@ logged every step, every rank's regularizer (discriminators, μ, optimiser state
 the first steps' losses equal to DDP's, the regularizer state saved once and restored on every
 rank, and, with per-rank files, a resumed run identical to an uninterrupted one.
 
+Which save path is whose: the SHARDED_STATE_DICT checkpoints are accelerate's own code; the FSDP2
+FULL_STATE_DICT model save is the shim's gather (the torch call accelerate makes, without its
+``cpu_offload``, whose tensors are invalid by the time safetensors writes them on CPU), so
+accelerate's own FSDP2 ``get_state_dict`` (with its offload) is not tested. The HSDP / tensor-parallel
+group choice is a unit test of the choice alone (a real HSDP run needs 4 processes).
+
 Not covered here, with the reason: FSDP1 with FULL_STATE_DICT (the host's own model and
 optimiser checkpoint segfaults inside torch on CPU; the regularizer file does not depend on
 the state-dict type); ``DPOTrainer(ref_model=..., precompute_ref_log_probs=True)`` under FSDP2
@@ -171,7 +177,9 @@ def _as_lists(value: Any) -> Any:
         ({"tp_size": 2}, None),  # no data-parallel dimension: the default group (every rank has the same batch)
     ],
 )
-def test_the_regularizer_reduces_over_accelerates_data_parallel_mesh(sizes: dict[str, int], group: str | None) -> None:
+def test_unit_data_parallel_group_choice_from_accelerates_mesh_sizes(sizes: dict[str, int], group: str | None) -> None:
+    """A unit test of the choice alone (which mesh dimension the regularizer reduces over, from
+    accelerate's parallelism sizes), on a stand-in mesh: no HSDP or TP run happens here."""
     from accelerate.parallelism_config import ParallelismConfig
 
     from ganpo_plugins.adapter_kit.hf_trainer import accelerator_data_parallel_group

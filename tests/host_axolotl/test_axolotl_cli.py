@@ -21,7 +21,6 @@ import torch
 pytest.importorskip("axolotl.cli", reason="needs Axolotl: tox -e axolotl-oldest / axolotl-newest")
 
 from bad_input_table import table
-from safetensors.torch import load_file
 
 from ganpo_plugins import GANPORegularizer, RegularizerContext, parse_config
 
@@ -146,16 +145,7 @@ def test_dpo_block_is_parsed_once_on_its_way_to_the_regularizer(
     assert "ganpo config parses: 1\n" in result.stdout
 
 
-def test_weight_zero_leaves_the_policy_as_the_plain_run_leaves_it(
-    plain: Any, axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]
-) -> None:
-    run = axolotl_train("weight0", axolotl_cfg("weight0", {"ganpo": {"weight": 0.0}}))
-    _assert_trained(run, 4)
-    assert [e["loss"] for e in run.history()] == pytest.approx([e["loss"] for e in plain.history()], abs=1e-7)
-    ours, theirs = load_file(run.out / "model.safetensors"), load_file(plain.out / "model.safetensors")
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-7)
+# Weight 0 trains as plain Axolotl does, bit for bit: the host contract (tests/contract, AxolotlHarness).
 
 
 @pytest.mark.newest

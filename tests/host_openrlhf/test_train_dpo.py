@@ -35,15 +35,13 @@ MODULE = "ganpo_openrlhf.train_dpo"
 TINY_D_CONFIG = {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
 
 
-@pytest.fixture(scope="module")
-def zero2_run(tiny_assets: Path, host_env, tmp_path_factory) -> Path:
-    """1 process, ZeRO-2, 16 pairs, batch 4 of micro-batches of 2 (4 policy steps, 8 micro-steps),
-    a DeepSpeed and an HF checkpoint every 2 steps, evaluation every 2 steps."""
-    out = tmp_path_factory.mktemp("zero2")
-    eval_rows = [json.loads(line) for line in (tiny_assets / "prefs.jsonl").read_text().splitlines()[-4:]]
-    eval_file = write_jsonl(out / "eval.jsonl", eval_rows)
-    args = dpo_args(
-        tiny_assets,
+def eval_rows(assets: Path) -> list[dict]:
+    return [json.loads(line) for line in (assets / "prefs.jsonl").read_text().splitlines()[-4:]]
+
+
+def zero2_args(assets: Path, out: Path, eval_file: Path) -> list[str]:
+    return dpo_args(
+        assets,
         out,
         *TINY_D,
         "--ds.zero_stage", "2",
@@ -53,6 +51,14 @@ def zero2_run(tiny_assets: Path, host_env, tmp_path_factory) -> Path:
         "--eval.split", "train",
         "--eval.steps", "2",
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def zero2_run(tiny_assets: Path, host_env, tmp_path_factory) -> Path:
+    """1 process, ZeRO-2, 16 pairs, batch 4 of micro-batches of 2 (4 policy steps, 8 micro-steps),
+    a DeepSpeed and an HF checkpoint every 2 steps, evaluation every 2 steps."""
+    out = tmp_path_factory.mktemp("zero2")
+    args = zero2_args(tiny_assets, out, write_jsonl(out / "eval.jsonl", eval_rows(tiny_assets)))
     check(run(MODULE, args, out / "log.txt", host_env), out / "log.txt")
     return out
 
@@ -108,18 +114,24 @@ def test_checkpoints_hold_regularizer_state(zero2_run: Path) -> None:
 
 
 @pytest.mark.newest
-def test_resume_restores_regularizer_state(zero2_run: Path, tiny_assets: Path, host_env, tmp_path: Path) -> None:
-    # Resume from the run's last checkpoint: nothing is left to train, so the state the resumed
-    # run writes at the end is exactly the state it restored.
-    shutil.copytree(zero2_run / "ckpt", tmp_path / "ckpt", ignore=shutil.ignore_patterns("*_hf"))
-    args = dpo_args(tiny_assets, tmp_path, *TINY_D, "--ds.zero_stage", "2", "--ckpt.load_enable")
-    result = run(MODULE, args, tmp_path / "log.txt", host_env)
+def test_resume_continues_as_the_uninterrupted_run(
+    zero2_run: Path, tiny_assets: Path, host_env, tmp_path: Path
+) -> None:
+    # Resume from the checkpoint half way (step 2 of 4) with the run's own flags: the resumed run
+    # restores the regularizer, trains steps 3 and 4, and ends where the uninterrupted run ended.
+    shutil.copytree(zero2_run / "ckpt" / "global_step2", tmp_path / "ckpt" / "global_step2")
+    (tmp_path / "ckpt" / "latest").write_text("global_step2")
+    args = zero2_args(tiny_assets, tmp_path, write_jsonl(tmp_path / "eval.jsonl", eval_rows(tiny_assets)))
+    result = run(MODULE, [*args, "--ckpt.load_enable"], tmp_path / "log.txt", host_env)
     check(result, tmp_path / "log.txt")
     assert "ganpo: restored the regularizer state from" in result.stdout
-    assert_states_equal(
-        regularizer_state(tmp_path / "model" / "ganpo_regularizer.pt")["state"],
-        regularizer_state(zero2_run / "ckpt" / "global_step4" / "ganpo_regularizer.pt")["state"],
-    )
+    resumed = regularizer_state(tmp_path / "model" / "ganpo_regularizer.pt")["state"]
+    assert resumed["disc_steps"] == 4  # it trained on from 2
+    assert_states_equal(resumed, regularizer_state(zero2_run / "model" / "ganpo_regularizer.pt")["state"])
+    from safetensors.torch import load_file
+
+    policy = load_file(tmp_path / "model" / "model.safetensors")
+    assert_states_equal(policy, load_file(zero2_run / "model" / "model.safetensors"), "policy")
 
 
 def test_two_ranks_zero3_keep_identical_discriminators(tiny_assets: Path, host_env, tmp_path: Path) -> None:
@@ -166,20 +178,32 @@ def test_weight_zero_is_plain_openrlhf_dpo(tiny_assets: Path, host_env, tmp_path
     assert regularizer_state(ganpo / "model" / "ganpo_regularizer.pt")["state"]["disc_steps"] == 4
 
 
-# f(0) for each GPO kind (docs/methods.md): at the first step the policy equals the reference, ρ = 0.
-GPO_AT_ZERO = {"hinge": 1.0, "squared": 1.0, "exponential": 1.0, "truncated_quadratic": 1.0, "savage": 0.25}
+# Each GPO kind f(x) of x = βρ (docs/methods.md), written out here.
+GPO = {
+    "hinge": lambda x: max(0.0, 1.0 - x),
+    "squared": lambda x: (x - 1.0) ** 2,
+    "exponential": lambda x: math.exp(-x),
+    "truncated_quadratic": lambda x: max(0.0, 1.0 - x) ** 2,
+    "savage": lambda x: 1.0 / (1.0 + math.exp(x)) ** 2,
+}
 
 
-@pytest.mark.parametrize(
-    "kind", [pytest.param(k, marks=pytest.mark.newest) if k == "savage" else k for k in sorted(GPO_AT_ZERO)]
-)
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.newest) if k == "savage" else k for k in GPO])
 def test_gpo_kind_is_the_base_loss(kind: str, tiny_assets: Path, host_env, tmp_path: Path) -> None:
-    args = dpo_args(tiny_assets, tmp_path, *TINY_D, "--ganpo.preference_loss", kind, samples=4)
+    # One pair per step, three steps: OpenRLHF's warm-up gives step 1 lr 0, so the policy first moves
+    # at step 2 and step 3 is the first with ρ ≠ 0, where the kinds differ (at ρ = 0 all but savage
+    # give 1). β 2 and lr 1e-2 make the margin large enough to tell them apart.
+    extra = ("--ganpo.preference_loss", kind, "--model.beta", "2.0", "--adam.lr", "1e-2")
+    args = dpo_args(tiny_assets, tmp_path, *TINY_D, *extra, samples=3, batch=1, micro=1)
     check(run(MODULE, args, tmp_path / "log.txt", host_env), tmp_path / "log.txt")
     logged = scalars(tmp_path / "tb")
-    # loss_mean = mean over the window of (f(βρ) + λ·L_adv) with λ = 1.
-    base = logged["train/loss_mean"][1] - logged["train/ganpo/adv_loss"][1]
-    assert base == pytest.approx(GPO_AT_ZERO[kind], abs=1e-5)
+    margin = logged["train/chosen_reward"][3] - logged["train/reject_reward"][3]  # βρ of the one pair
+    base = logged["train/loss"][3] - logged["train/ganpo/adv_loss"][3]  # loss = f(βρ) + λ·L_adv, λ = 1
+    assert base == pytest.approx(GPO[kind](margin), abs=1e-4), (kind, margin)
+    # ρ ≠ 0 tells this kind from the others, bar at most one: no x separates all five (truncated_quadratic
+    # equals squared for x ≤ 1 and hinge for x ≥ 1)
+    others = {other: f(margin) for other, f in GPO.items() if other != kind}
+    assert sum(abs(value - base) > 1e-3 for value in others.values()) >= len(others) - 1, (margin, base, others)
 
 
 @pytest.mark.newest

@@ -20,14 +20,14 @@ pytest.importorskip("trl.experimental.online_dpo", reason="needs TRL >= 1.9 with
 from datasets import Dataset
 from ganpo_trl import OnlineDPOAttachment, attach_regularizer
 from transformers import TrainerCallback
-from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+from trl.experimental.online_dpo import OnlineDPOTrainer
+from trl_args import online_args
 
 import ganpo_plugins
 from ganpo_plugins import StepInfo
 from ganpo_plugins.adapter_kit.checkpoint import state_path
 
 SMALL_D = {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
-BETA = 0.1
 
 
 def reward(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[float]:
@@ -38,25 +38,6 @@ def reward(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[fl
 @pytest.fixture(scope="module")
 def prompts(pairs: Any) -> Dataset:
     return Dataset.from_dict({"prompt": pairs["prompt"][:8]})
-
-
-def online_args(tmp_path: Path, **overrides: Any) -> OnlineDPOConfig:
-    settings: dict[str, Any] = {
-        "output_dir": str(tmp_path / "out"),
-        "use_cpu": True,
-        "per_device_train_batch_size": 2,
-        "max_steps": 2,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": [],
-        "learning_rate": 1e-3,
-        "max_new_tokens": 6,
-        "max_length": 48,
-        "seed": 0,
-        "beta": BETA,
-        "disable_tqdm": True,
-    }
-    return OnlineDPOConfig(**{**settings, **overrides})
 
 
 @pytest.fixture
@@ -162,10 +143,14 @@ def test_weight_zero_trains_exactly_like_plain_online_dpo(make_trainer: Callable
 
 def test_gpo_kind_replaces_the_base_loss(make_trainer: Callable[..., OnlineDPOTrainer]) -> None:
     # One pair per step: TRL logs that pair's β·ρ as rewards/margins, and the loss is squared's (βρ − 1)².
-    trainer = make_trainer(per_device_train_batch_size=1)
+    trainer = make_trainer(per_device_train_batch_size=1, max_steps=4, learning_rate=1e-2)
     attach_regularizer(trainer, {"weight": 0.0, "preference_loss": "squared", **SMALL_D})
     trainer.train()
-    for entry in train_logs(trainer):
+    logs = train_logs(trainer)
+    # at ρ = 0 (the first step: policy = reference) every GPO kind but savage gives 1: only a moved
+    # policy tells squared from hinge, exponential or truncated_quadratic
+    assert max(abs(entry["rewards/margins"]) for entry in logs) > 1e-2, logs
+    for entry in logs:
         margin = entry["rewards/margins"]
         assert entry["loss"] == pytest.approx((margin - 1.0) ** 2, abs=2e-4), entry
         assert entry["loss"] != pytest.approx(-math.log(1 / (1 + math.exp(-margin))), abs=1e-3)  # not TRL's sigmoid
@@ -212,16 +197,45 @@ def assert_same_state(a: Any, b: Any, path: str = "state") -> None:
         assert a == b, path
 
 
-def test_lora_uses_the_adapter_disabled_reference(make_trainer: Callable[..., OnlineDPOTrainer]) -> None:
+def test_lora_reference_is_the_base_model_after_the_policy_moved(
+    make_trainer: Callable[..., OnlineDPOTrainer], load_model: Callable[[], Any]
+) -> None:
+    """With LoRA and no reference model the reference latents come from the adapter-disabled pass:
+    at the second step (the adapter trained once, so the policy moved) they are the base model's
+    final-norm hidden states on the sampled sequences, and no longer the policy's."""
     from peft import LoraConfig
 
-    trainer = make_trainer(peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), max_steps=1)
+    trainer = make_trainer(peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), learning_rate=1e-2)
     assert trainer.ref_model is None
     handle = attach_regularizer(trainer, {"weight": 1.0, **SMALL_D})
     spy = Spy(handle)
     trainer.add_callback(spy)
+    forwards: list[tuple[torch.Tensor, ...]] = []  # (prompt ids, prompt mask, completion ids, completion mask)
+    adapter_forward = trainer._forward
+
+    def recording(model: Any, *tensors: Any) -> torch.Tensor:
+        forwards.append(tuple(t.detach().clone() for t in tensors[:4]))
+        return adapter_forward(model, *tensors)
+
+    trainer._forward = recording
     trainer.train()
-    ((batch, _),) = spy.calls
-    # the reference differs from the policy only through the LoRA update (zero at init: B = 0)
-    assert torch.allclose(batch.policy_chosen, batch.ref_chosen, atol=1e-5)
-    assert "ganpo/adv_loss" in train_logs(trainer)[0]
+    assert len(spy.calls) == 2 and len(forwards) == 4  # per step: the policy's forward, then the reference's
+    batch, _ = spy.calls[1]
+    prompt_ids, prompt_mask, completion_ids, completion_mask = forwards[3]
+    cut = max(prompt_ids.shape[1] + completion_ids.shape[1] - trainer.max_length, 0)  # TRL's left truncation
+    base = load_model().model.eval()  # LoRA leaves the base weights as loaded
+    with torch.no_grad(), trainer.accelerator.autocast():  # the trainer's precision (bf16 autocast on CPU)
+        expected = base(
+            input_ids=torch.cat([prompt_ids[:, cut:], completion_ids], 1),
+            attention_mask=torch.cat([prompt_mask[:, cut:], completion_mask], 1),
+        ).last_hidden_state
+    reference = torch.cat([batch.ref_chosen, batch.ref_rejected]).detach()
+    policy = torch.cat([batch.policy_chosen, batch.policy_rejected]).detach()
+    assert reference.shape == expected.shape
+    # the batch holds the pairs in chosen/rejected order: match each row to its sample
+    for row, (ref_row, policy_row) in enumerate(zip(reference, policy, strict=True)):
+        gaps = [float((ref_row - e).abs().max()) for e in expected]
+        sample = min(range(len(gaps)), key=gaps.__getitem__)
+        assert gaps[sample] < 1e-5, (row, gaps)
+        assert float((policy_row - expected[sample]).abs().max()) > 1e-3, row  # the policy moved
+    assert all("ganpo/adv_loss" in entry for entry in train_logs(trainer))

@@ -20,31 +20,13 @@ pytest.importorskip("trl.trainer", reason="needs TRL: tox -e trl-oldest / trl-ne
 from datasets import Dataset
 from ganpo_trl import attach_regularizer
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
-from trl import DPOConfig, DPOTrainer
-from trl.experimental.cpo import CPOConfig, CPOTrainer
+from trl import DPOTrainer
+from trl.experimental.cpo import CPOTrainer
+from trl_args import dpo_args, simpo_args
 
 from ganpo_plugins import StepInfo
 
 SMALL_D = {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
-BETA = 0.1
-
-
-def dpo_args(tmp_path: Path, **overrides: Any) -> DPOConfig:
-    settings: dict[str, Any] = {
-        "output_dir": str(tmp_path / "out"),
-        "use_cpu": True,
-        "per_device_train_batch_size": 1,
-        "per_device_eval_batch_size": 2,
-        "max_steps": 2,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": [],
-        "learning_rate": 1e-3,
-        "max_length": 64,
-        "seed": 0,
-        "beta": BETA,
-    }
-    return DPOConfig(**{**settings, **overrides})
 
 
 class Spy(TrainerCallback):
@@ -231,11 +213,7 @@ def test_precomputed_reference_gets_its_own_forward_and_a_gpo_loss(
 
 def test_simpo_on_cpo_trainer(tmp_path: Path, tokenizer: Any, pairs: Dataset, load_model: Callable[[], Any]) -> None:
     gamma, beta = 0.5, 2.0
-    args = CPOConfig(
-        output_dir=str(tmp_path / "out"), use_cpu=True, per_device_train_batch_size=1, max_steps=3, logging_steps=1,
-        save_strategy="no", report_to=[], learning_rate=1e-3, max_length=64, loss_type="simpo", cpo_alpha=0.0,
-        simpo_gamma=gamma, beta=beta, seed=0,
-    )  # fmt: skip
+    args = simpo_args(tmp_path, simpo_gamma=gamma, beta=beta)
     trainer = CPOTrainer(load_model(), args=args, train_dataset=pairs, processing_class=tokenizer)
     with pytest.raises(ValueError, match="SimPO/CPO trainer never computes"):
         attach_regularizer(trainer, {"preference_loss": "savage"})

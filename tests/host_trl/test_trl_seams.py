@@ -17,9 +17,10 @@ import trl.trainer.dpo_trainer as dpo_module
 import trl.trainer.utils as trl_utils
 from datasets import Dataset
 from ganpo_trl import attach_regularizer
-from host_trl.test_trl_attach import BETA, SMALL_D, assert_loss_is, dpo_args, train_logs
+from host_trl.test_trl_attach import SMALL_D, assert_loss_is, train_logs
 from transformers import AutoModelForCausalLM
 from trl import DPOTrainer
+from trl_args import BETA, dpo_args
 
 from ganpo_plugins.adapter_kit import versions as hosts
 from ganpo_plugins.adapter_kit.taps import find_decoder

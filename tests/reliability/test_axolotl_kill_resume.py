@@ -4,12 +4,12 @@ regularizer's RNG, the per-step losses and the policy weights (deterministic on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ pytest.importorskip("axolotl.cli", reason="needs Axolotl: tox -e axolotl-oldest"
 import yaml
 
 pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
+
+TESTS = Path(__file__).resolve().parents[1]
 
 STEPS, KILL_AFTER = 4, 2
 # The example as it is (2 pairs per micro-step, 2 micro-steps per optimiser step), shorter.
@@ -62,23 +64,22 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(
     assert full.returncode == 0, full.stdout[-4000:]
     full_out = tmp_path / "full" / "out"
 
-    # The same run, killed with SIGKILL as soon as checkpoint KILL_AFTER is complete.
+    # The same run, killed with SIGKILL from inside as step KILL_AFTER + 1 begins (checkpoint
+    # KILL_AFTER and every on_save callback done): a known point, not a race with a poll.
     killed_cfg = _write_config(tmp_path / "killed", tiny_assets, example_config)
     out = tmp_path / "killed" / "out"
     done = out / f"checkpoint-{KILL_AFTER}" / "trainer_state.json"  # HF writes it last
+    kill_at = [sys.executable, str(TESTS / "kill_at.py"), f"trainer-step:{KILL_AFTER}"]
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, *train, str(killed_cfg)], env=host_env, cwd=tmp_path, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [*kill_at, *train, str(killed_cfg)], env=host_env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 600
-            while not done.exists() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
+            proc.wait(timeout=600)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the run and its workers
-            proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: whatever workers the run left
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-4000:]
     assert done.exists() and not (out / f"checkpoint-{STEPS}").exists()
 

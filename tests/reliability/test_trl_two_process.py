@@ -2,8 +2,9 @@
 example, ``DPOConfig(use_cpu=True)``, gloo): every rank ends with the same discriminators,
 running means μ and discriminator optimiser state, bit for bit, although each rank trained
 on different pairs; and a 2-process run resumed from a checkpoint saved with the default
-settings (one state file) ends bit-identical to an uninterrupted one. (Axolotl itself cannot
-load a model under torchrun on CPU; DESIGN.md.)"""
+settings (one state file) ends bit-identical to an uninterrupted one; a control run without the
+regularizer's cross-rank sync ends with ranks that differ. (Axolotl itself cannot load a model under
+torchrun on CPU; DESIGN.md.)"""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ GANPO = {"save_every_rank": True, "discriminator": {"d_model": 32, "num_heads": 
 SHARED = ("discriminators", "optimizers", "mu", "mu_initialized", "disc_steps", "skipped_updates")
 
 
-def _two_processes(tiny_assets: Path, out: Path, ganpo: dict[str, Any], *extra: str, shim: bool = False) -> list[str]:
-    script = [str(REPO / "tests/reliability/cpu_ddp_resume_shim.py")] if shim else []
+def _two_processes(
+    tiny_assets: Path, out: Path, ganpo: dict[str, Any], *extra: str, shim: bool = False, worker: tuple[str, ...] = ()
+) -> list[str]:
+    script = [str(REPO / "tests/reliability/cpu_ddp_resume_shim.py")] if shim else list(worker)
     return [
         "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         *script, str(REPO / "examples/trl/dpo_ganpo.py"),
@@ -36,21 +39,39 @@ def _two_processes(tiny_assets: Path, out: Path, ganpo: dict[str, Any], *extra: 
     ]  # fmt: skip
 
 
-def test_every_rank_holds_the_same_regularizer(tmp_path: Path, tiny_assets: Path, run_cli: Callable[..., Any]) -> None:
+def run_two_ranks(tmp_path: Path, assets: Path, run_cli: Callable[..., Any], *worker: str) -> list[dict[str, Any]]:
+    """The TRL example on two ranks (``worker``: a script that runs it); each rank's final state."""
     out = tmp_path / "out"
-    args = _two_processes(tiny_assets, out, GANPO, "--save_steps", "4")
+    args = _two_processes(assets, out, GANPO, "--save_steps", "4", worker=worker)
     result = run_cli(args, log=tmp_path / "log.txt", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-4000:]
     checkpoint = out / "checkpoint-4"
-    states = [
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    assert sum("ganpo/adv_loss" in entry for entry in history) == 4
+    return [
         torch.load(checkpoint / name, weights_only=True)["state"]
         for name in ("ganpo_regularizer.pt", "ganpo_regularizer.rank1.pt")
     ]
+
+
+def test_every_rank_holds_the_same_regularizer(tmp_path: Path, tiny_assets: Path, run_cli: Callable[..., Any]) -> None:
+    states = run_two_ranks(tmp_path, tiny_assets, run_cli)
     assert [s["disc_steps"] for s in states] == [4, 4]  # one discriminator step per policy step
     for key in SHARED:
         assert_states_equal(states[0][key], states[1][key], key)
-    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
-    assert sum("ganpo/adv_loss" in entry for entry in history) == 4
+    assert [s["rank_resyncs"] for s in states] == [0, 0]  # kept equal by the sync, not repaired by the drift check
+
+
+def test_control_without_the_sync_the_ranks_diverge(
+    tmp_path: Path, tiny_assets: Path, run_cli: Callable[..., Any]
+) -> None:
+    """The same run with the regularizer's cross-rank sync switched off (without_rank_sync.py): each
+    rank trained on different pairs, so its discriminators and μ differ, which the test above rules out."""
+    states = run_two_ranks(tmp_path, tiny_assets, run_cli, str(Path(__file__).with_name("without_rank_sync.py")))
+    assert [s["disc_steps"] for s in states] == [4, 4]
+    for key in ("discriminators", "mu"):
+        with pytest.raises(AssertionError):
+            assert_states_equal(states[0][key], states[1][key], key)
 
 
 def test_a_resume_from_the_default_state_file_continues_every_rank_exactly(

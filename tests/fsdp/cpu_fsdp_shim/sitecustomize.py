@@ -5,16 +5,21 @@ accelerate turns a run's FSDP plugin on only for accelerator distributed types (
 MULTI_NPU, ...), never for MULTI_CPU: on a CPU machine a run configured for FSDP silently
 trains under DDP (DESIGN.md, "FSDP on CPU"). Right after ``accelerate.state`` is imported, this
 wraps ``AcceleratorState.__init__`` so that a MULTI_CPU state given an FSDP plugin becomes an
-FSDP state holding it on the device ``cpu``, as it would on GPUs; everything after that is
-accelerate's, TRL's and torch's own FSDP code over gloo.
+FSDP state holding it on the device ``cpu``, as it would on GPUs. One more replacement, of host
+code: ``Accelerator.get_state_dict`` under FSDP2 (:func:`_patch_accelerator`, which says why), so
+the FSDP2 FULL_STATE_DICT model save these tests check is this shim's gather, not accelerate's.
+Everything else is accelerate's, TRL's and torch's own FSDP code over gloo, the SHARDED_STATE_DICT
+checkpoints (accelerate's ``save_fsdp_model`` / ``load_fsdp_model``) included.
 """
 
 from __future__ import annotations
 
-import importlib.abc
 import sys
-from collections.abc import Callable
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any
+
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # tests/, last: it shadows nothing
+from patch_after_import import install
 
 
 def _patch_state(module: Any) -> None:
@@ -43,7 +48,8 @@ def _patch_state(module: Any) -> None:
 
 
 def _patch_accelerator(module: Any) -> None:
-    """FSDP2's full state dict gathered without "offload to CPU" when the device is the CPU:
+    """Replaces accelerate's code (tested: this gather, not accelerate's FSDP2 full-state-dict save).
+    FSDP2's full state dict gathered without "offload to CPU" when the device is the CPU:
     there is nothing to offload to, and the offloaded tensors alias storage that is invalid by
     the time safetensors writes them. The same gather as accelerate's ``get_state_dict``, less
     the offload. (FSDP1's full state dict on CPU segfaults inside torch, in the optimiser's as
@@ -60,33 +66,4 @@ def _patch_accelerator(module: Any) -> None:
     module.Accelerator.get_state_dict = get_state_dict_on_cpu
 
 
-class _PatchAfterImport(importlib.abc.MetaPathFinder):
-    """Runs each patch right after its module has been executed (so starting Python imports
-    nothing)."""
-
-    patches: ClassVar[dict[str, Callable[[Any], None]]] = {
-        "accelerate.state": _patch_state,
-        "accelerate.accelerator": _patch_accelerator,
-    }
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        patch = self.patches.get(fullname)
-        if patch is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None and spec.loader is not None:
-                exec_module = spec.loader.exec_module
-
-                def exec_and_patch(module: Any, _exec: Any = exec_module, _patch: Any = patch) -> None:
-                    _exec(module)
-                    _patch(module)
-
-                spec.loader.exec_module = exec_and_patch
-                return spec
-        return None
-
-
-sys.meta_path.insert(0, _PatchAfterImport())
+install({"accelerate.state": _patch_state, "accelerate.accelerator": _patch_accelerator})

@@ -9,17 +9,19 @@ paths run on a CPU machine with DeepSpeed's CPU accelerator and gloo:
 3. ``DeepspeedStrategy.all_gather`` -> the same gather on CPU tensors (``train_rm`` metrics);
 4. ``torch_dist_barrier_and_cuda_sync`` (as imported by the strategy module) -> ``dist.barrier``.
 
-Each module is patched right after it is first imported (a meta-path hook), so merely starting
-Python imports neither torch nor OpenRLHF (DeepSpeed's CPU op builder starts Python
-subprocesses to probe the CPU). Set ``GANPO_CPU_SHIMS=0`` to disable.
+Each module is patched right after it is first imported (tests/patch_after_import.py, the hook
+the FSDP shim uses too), so merely starting Python imports neither torch nor OpenRLHF. Set
+``GANPO_CPU_SHIMS=0`` to disable.
 """
 
 from __future__ import annotations
 
-import importlib.abc
 import os
 import sys
-import typing
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # tests/, last: it shadows nothing
+from patch_after_import import install
 
 _STRATEGY = "openrlhf.utils.deepspeed.deepspeed"
 
@@ -61,30 +63,5 @@ def _patch_strategy(module) -> None:
     module.torch_dist_barrier_and_cuda_sync = dist.barrier
 
 
-class _PatchAfterImport(importlib.abc.MetaPathFinder):
-    """Runs a patch right after one of the named modules has been executed."""
-
-    patches: typing.ClassVar[dict[str, typing.Callable]] = {"torch.cuda": _patch_cuda, _STRATEGY: _patch_strategy}
-
-    def find_spec(self, fullname, path, target=None):
-        patch = self.patches.get(fullname)
-        if patch is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None and spec.loader is not None:
-                exec_module = spec.loader.exec_module
-
-                def exec_and_patch(module, _exec=exec_module):
-                    _exec(module)
-                    patch(module)
-
-                spec.loader.exec_module = exec_and_patch
-                return spec
-        return None
-
-
 if os.environ.get("GANPO_CPU_SHIMS", "1") != "0":
-    sys.meta_path.insert(0, _PatchAfterImport())
+    install({"torch.cuda": _patch_cuda, _STRATEGY: _patch_strategy})
