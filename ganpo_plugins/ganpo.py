@@ -61,21 +61,19 @@ class GANPORegularizer(LearnedRegularizer):
 
     def _select(self, batch: LatentBatch) -> tuple[list[tuple[Tensor, Tensor]], bool]:
         """Compact the four latents to their selected positions: ``[(h, mask)]`` in the order
-        (r+, θ+, r−, θ−), dropping pairs where either side selects nothing. The flag is false
-        when nothing usable is left or a selected value is not finite."""
+        (r+, θ+, r−, θ−), dropping the rows of a side that select nothing (each side on its own:
+        the sides may differ in size). The flag is false when a side has no row left (an empty
+        side: the runner counts it) or a selected value is not finite."""
         mask_c, mask_r = batch.positions(self.mask)
-        keep = mask_c.any(1) & mask_r.any(1)
-        if not bool(keep.any()):
-            self._warn_once(
-                "empty", "GANPO: a batch had no selected positions in any pair; its regularizer step was skipped"
-            )
+        keep_c, keep_r = mask_c.any(1), mask_r.any(1)
+        if not (bool(keep_c.any()) and bool(keep_r.any())):
             return [], False
         parts = []
-        for hidden, mask in (
-            (batch.ref_chosen, mask_c),
-            (batch.policy_chosen, mask_c),
-            (batch.ref_rejected, mask_r),
-            (batch.policy_rejected, mask_r),
+        for hidden, mask, keep in (
+            (batch.ref_chosen, mask_c, keep_c),
+            (batch.policy_chosen, mask_c, keep_c),
+            (batch.ref_rejected, mask_r, keep_r),
+            (batch.policy_rejected, mask_r, keep_r),
         ):
             h, m = compact_positions(hidden[keep], mask[keep], self.config.max_positions)
             parts.append((h.float(), m))
@@ -95,7 +93,8 @@ class GANPORegularizer(LearnedRegularizer):
         scores = {}
         for side in SIDES:
             hidden, mask = pad_and_stack([(h.detach(), m) for h, m in inputs[side]])
-            scores[side] = tuple(self.discriminators[side](hidden, mask).chunk(3))
+            sizes = [h.shape[0] for h, _ in inputs[side]]
+            scores[side] = tuple(self.discriminators[side](hidden, mask).split(sizes))
         return scores
 
     def discriminator_loss(self, batch: LatentBatch) -> tuple[Tensor, Metrics] | None:

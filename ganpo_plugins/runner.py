@@ -129,17 +129,24 @@ class RegularizerRunner:
         """Run one micro-step and return the weighted term to add to the policy loss.
 
         ``info`` is ``None`` in evaluation: no update, only the term (computed without gradient).
-        The regularizer sees zeros at the positions its ``mask`` does not select, and a non-finite
+        A batch with an empty side gets no term (a constant zero, ``ganpo/term_skipped``; a learned
+        regularizer's ``update`` skips it too). The regularizer sees zeros at the positions its
+        ``mask`` does not select, and a non-finite
         term is replaced by a constant zero (``ganpo/term_skipped``), so whatever a regularizer
         does, no NaN or inf reaches the policy's loss or gradients.
         """
         split = "eval" if info is None else "train"
         batch = _zero_unseen(batch, self.regularizer.mask)
         metrics = {} if info is None else dict(self.regularizer.update(batch, info))
-        with torch.no_grad() if info is None else contextlib.nullcontext():
-            out = self.regularizer.policy_term(batch)
-        metrics.update(out.metrics)
-        loss = out.loss
+        if batch.has_empty_side(self.regularizer.mask):
+            # Online RL: every advantage of one sign (or zero). No term, no NaN from a mean over nothing.
+            loss = batch.policy_chosen.new_zeros(())
+            metrics["term_skipped"] = 1.0
+        else:
+            with torch.no_grad() if info is None else contextlib.nullcontext():
+                out = self.regularizer.policy_term(batch)
+            metrics.update(out.metrics)
+            loss = out.loss
         if bool(torch.isfinite(loss).all()):
             metrics.setdefault("term_skipped", 0.0)
         else:
