@@ -167,6 +167,13 @@ class RegularizerRunner:
             self._counts[split][key] += 1
         return loss
 
+    def record(self, metrics: Mapping[str, float], split: str = "train") -> None:
+        """Add an adapter's own per-micro-step metrics (e.g. how many completions fed each side):
+        averaged, prefixed and logged with the regularizer's by :meth:`pop_metrics`."""
+        for key, value in metrics.items():
+            self._sums[split][key] += float(value)
+            self._counts[split][key] += 1
+
     def pop_metrics(self, split: str = "train", step: int | None = None) -> dict[str, float]:
         """Means of the metrics since the last pop, named ``ganpo/<metric>``, averaged over the
         data-parallel group (so a metric means the same on every host and rank count); plugins

@@ -1,6 +1,7 @@
 """The TRL host adapter as a ganpo_plugins plugin (entry point ``trl`` in the group
-``ganpo_plugins.hosts``): claims TRL's ``DPOTrainer``, ``CPOTrainer`` and ``OnlineDPOTrainer``
-and their subclasses (Axolotl's among them) for :func:`ganpo_plugins.attach`."""
+``ganpo_plugins.hosts``): claims TRL's ``DPOTrainer``, ``CPOTrainer``, ``OnlineDPOTrainer``,
+``GRPOTrainer`` and ``RLOOTrainer`` and their subclasses (Axolotl's among them) for
+:func:`ganpo_plugins.attach`."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from typing import Any
 from ganpo_plugins import hookimpl
 from ganpo_plugins.hosts import host_class
 
-KINDS = {"DPOTrainer": "dpo", "CPOTrainer": "cpo", "OnlineDPOTrainer": "online_dpo"}
+KINDS = {"DPOTrainer": "dpo", "CPOTrainer": "cpo", "OnlineDPOTrainer": "online_dpo", "GRPOTrainer": "grpo",
+         "RLOOTrainer": "rloo"}  # fmt: skip
 
 
 def trainer_kind(trainer: Any) -> str | None:
-    """``dpo``, ``cpo`` or ``online_dpo`` for TRL's trainers and their subclasses, else ``None``."""
+    """``dpo``, ``cpo``, ``online_dpo``, ``grpo`` or ``rloo`` for TRL's trainers and their subclasses, else ``None``."""
     name = host_class(trainer, "trl.", KINDS)
     return None if name is None else KINDS[name]
 
