@@ -28,6 +28,7 @@ _EXPORTS = {
     "RegularizerOutput": "protocol",
     "RegularizerRunner": "runner",
     "StepInfo": "protocol",
+    "UnpairedLatentBatch": "protocol",
     "attach": "hosts",
     "build_regularizer": "runner",
     "hookimpl": "hookspecs",

@@ -61,12 +61,21 @@ class GANPORegularizer(LearnedRegularizer):
 
     def _select(self, batch: LatentBatch) -> tuple[list[tuple[Tensor, Tensor]], bool]:
         """Compact the four latents to their selected positions: ``[(h, mask)]`` in the order
-        (r+, θ+, r−, θ−), dropping the rows of a side that select nothing (each side on its own:
-        the sides may differ in size). The flag is false when a side has no row left (an empty
-        side: the runner counts it) or a selected value is not finite."""
+        (r+, θ+, r−, θ−), dropping the rows that select nothing: the whole pair in a paired batch,
+        the row alone in an unpaired one (whose sides may differ in size). The flag is false when a
+        side has no row left (an empty side: the runner counts it) or a selected value is not finite."""
         mask_c, mask_r = batch.positions(self.mask)
         keep_c, keep_r = mask_c.any(1), mask_r.any(1)
+        if batch.paired:
+            keep_c = keep_r = keep_c & keep_r
         if not (bool(keep_c.any()) and bool(keep_r.any())):
+            # A side with no rows is routine online (every advantage of one sign); rows that select
+            # nothing (e.g. empty responses under mask: response) are worth a word.
+            if any(keep.numel() and not bool(keep.any()) for keep in (keep_c, keep_r)):
+                message = (
+                    "GANPO: a side of a batch had rows but no selected positions; its regularizer step was skipped"
+                )
+                self._warn_once("empty", message)
             return [], False
         parts = []
         for hidden, mask, keep in (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -41,9 +41,16 @@ class LatentBatch:
     attention_rejected: Tensor
     response_chosen: Tensor
     response_rejected: Tensor
+    #: Row ``i`` of each side is one pair (offline); :class:`UnpairedLatentBatch` says otherwise.
+    paired: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         # A mask of the wrong shape would broadcast or index silently: refuse it by name.
+        if self.paired and self.policy_chosen.shape[0] != self.policy_rejected.shape[0]:
+            raise ValueError(
+                f"LatentBatch: paired sides of {self.policy_chosen.shape[0]} and {self.policy_rejected.shape[0]} rows; "
+                "sides of different sizes are unpaired: build them with LatentBatch.from_sides"
+            )
         for side in ("chosen", "rejected"):
             name = f"policy_{side}"
             policy = getattr(self, name)
@@ -82,7 +89,7 @@ class LatentBatch:
         response_mask: Tensor,
         chosen: Tensor,
         rejected: Tensor,
-    ) -> LatentBatch:
+    ) -> UnpairedLatentBatch:
         """Unpaired sides of host tensors ``[N, T, ...]``: the rows ``chosen`` and ``rejected`` select
         (boolean ``[N]`` masks, disjoint; a row in neither joins no side). GRPO/RLOO: chosen = positive
         advantage, rejected = negative (docs/methods.md)."""
@@ -98,7 +105,7 @@ class LatentBatch:
             raise ValueError("a row cannot be on both sides: chosen and rejected overlap")
         sides = [(t[chosen], t[rejected]) for t in (policy, ref, attention_mask.bool(), response_mask.bool())]
         (pc, pr), (rc, rr), (ac, ar), (sc, sr) = sides
-        return cls(pc, pr, rc, rr, ac, ar, sc, sr)
+        return UnpairedLatentBatch(pc, pr, rc, rr, ac, ar, sc, sr)
 
     def side_rows(self, mode: MaskMode) -> tuple[int, int]:
         """How many rows of each side (chosen, rejected) have at least one position ``mode`` selects."""
@@ -117,6 +124,14 @@ class LatentBatch:
         if mode == "none":
             return torch.ones_like(self.attention_chosen), torch.ones_like(self.attention_rejected)
         raise ValueError(f"unknown mask mode {mode!r}; known modes: {', '.join(MASK_MODES)}")
+
+
+@dataclass(frozen=True)
+class UnpairedLatentBatch(LatentBatch):
+    """A :class:`LatentBatch` whose sides are unpaired (online RL): they may differ in size or be
+    empty, and a row that selects no position leaves its own side only."""
+
+    paired: ClassVar[bool] = False
 
 
 def prompt_completion_masks(prompt_mask: Tensor, completion_mask: Tensor, length: int) -> tuple[Tensor, Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ganpo_plugins import GANPORegularizer, LatentBatch, RegularizerContext, parse_config
+from ganpo_plugins import GANPORegularizer, LatentBatch, RegularizerContext, UnpairedLatentBatch, parse_config
 
 H = 8
 
@@ -28,7 +28,7 @@ def make_batch(
     seed: int, b: int = 3, t: int = 7, requires_grad: bool = True, b_rejected: int | None = None
 ) -> LatentBatch:
     """Policy latents are leaf tensors, so tests can read their ``.grad``. ``b_rejected``: the
-    rejected side's size where it differs from the chosen side's ``b`` (unpaired, online RL)."""
+    rejected side's size, for unpaired sides (online RL; an :class:`UnpairedLatentBatch`)."""
     g = torch.Generator().manual_seed(seed)
     sizes = (b, b if b_rejected is None else b_rejected)
     policy_c, policy_r, ref_c, ref_r = (torch.randn(sizes[i % 2], t, H, generator=g) for i in range(4))
@@ -38,7 +38,8 @@ def make_batch(
         attention[-1][:1, -2:] = False  # right padding on the first row
         response.append(torch.zeros(n, t, dtype=torch.bool))
         response[-1][:, 3:] = True
-    return LatentBatch(
+    kind = LatentBatch if b_rejected is None else UnpairedLatentBatch
+    return kind(
         policy_c.requires_grad_(requires_grad), policy_r.requires_grad_(requires_grad), ref_c, ref_r,
         attention[0], attention[1], response[0], response[1],
     )  # fmt: skip

@@ -5,13 +5,14 @@ batch mean over its own side, and a side left empty (every advantage of one sign
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 from latents import H, make_batch, make_regularizer
 
-from ganpo_plugins import LatentBatch, RegularizerContext, RegularizerRunner, StepInfo
+from ganpo_plugins import LatentBatch, RegularizerContext, RegularizerRunner, StepInfo, UnpairedLatentBatch
 
 
 def _host_tensors(n: int = 6, t: int = 5, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -129,3 +130,24 @@ def test_an_empty_side_inside_an_accumulation_window_still_lets_the_boundary_ste
     reg.update(make_batch(0, requires_grad=False), StepInfo(is_boundary=False, accumulation_steps=2))
     metrics = reg.update(_empty_side_batch("rejected"), StepInfo(is_boundary=True, accumulation_steps=2))
     assert metrics["skipped"] == 1.0 and reg.disc_steps == 1 and reg.policy_steps == 1
+
+
+def test_sides_of_different_sizes_must_be_built_unpaired() -> None:
+    b = make_batch(0, b=3, b_rejected=2)
+    assert not b.paired
+    with pytest.raises(
+        ValueError, match=r"sides of different sizes are unpaired: build them with LatentBatch\.from_sides"
+    ):
+        LatentBatch(*(getattr(b, f.name) for f in dataclasses.fields(b)))
+
+
+def test_a_row_without_positions_leaves_its_own_side_only_when_unpaired() -> None:
+    """Paired (offline DPO): the whole pair goes. Unpaired: only that row; the other side keeps its row."""
+    reg = make_regularizer()
+    paired = make_batch(0)
+    response = paired.response_chosen.clone()
+    response[0] = False
+    paired = dataclasses.replace(paired, response_chosen=response)
+    unpaired = UnpairedLatentBatch(*(getattr(paired, f.name) for f in dataclasses.fields(paired)))
+    assert [h.shape[0] for h, _ in reg._select(paired)[0]] == [2, 2, 2, 2]
+    assert [h.shape[0] for h, _ in reg._select(unpaired)[0]] == [2, 2, 3, 3]
