@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.axolotl, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = "examples/axolotl/tiny_grpo_ganpo.yml"
-SMALL = {"max_steps": 3, "save_steps": 3, "ganpo": {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}}
+# One prompt's 4 completions per optimiser step (one process: Axolotl asks for at least num_generations).
+SMALL = {"max_steps": 3, "save_steps": 3, "micro_batch_size": 4, "gradient_accumulation_steps": 1,
+         "ganpo": {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
