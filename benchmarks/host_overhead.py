@@ -35,7 +35,7 @@ Four runs per round, alternated (plain, GANPO mask response, GANPO mask none, GA
 plain, ...), so load from other processes falls on all of them alike. The savage run is GANPO
 (mask response) with ``preference_loss: savage``, a GPO kind no host computes: ganpo_plugins
 computes it from the captured hidden states and the output-embedding weight, chunked over the
-completion tokens (``ganpo_plugins.logprobs``), in place of the host's DPO loss (which the host
+completion tokens (``ganpo_plugins.formulas.logprobs``), in place of the host's DPO loss (which the host
 still computes).
 
 Per run: the wall time of each optimiser step (previous step's end to this one's end, measured

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from ganpo_plugins import GANPORegularizer, LatentBatch, RegularizerContext, StepInfo, parse_config
-from ganpo_plugins.functional import ragan_discriminator_loss, ragan_generator_loss
+from ganpo_plugins.formulas.functional import ragan_discriminator_loss, ragan_generator_loss
 
 StepFn = Callable[[GANPORegularizer, LatentBatch], None]
 

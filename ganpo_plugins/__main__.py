@@ -11,7 +11,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("doctor", help="host versions installed here, supported ranges, tested versions")
     parser.parse_args(argv)
-    from .hosts import doctor_report
+    from .tools.doctor import doctor_report
 
     print(doctor_report())
 

@@ -1,35 +1,28 @@
-"""The configuration every regularizer shares, and the parser every adapter runs.
+"""The schema of a regularizer config: the keys every regularizer shares, those of a learned one,
+and how a validation error is written. Imports neither torch nor the registry.
 
-Axolotl reads it from a ``ganpo:`` YAML block, OpenRLHF from ``--ganpo.*`` flags, TRL users
-pass it directly. Every error names the key, the value and the fix.
+Axolotl reads a config from a ``ganpo:`` YAML block, OpenRLHF from ``--ganpo.*`` flags, TRL users
+pass it directly; :func:`ganpo_plugins.plugins.parse.parse_config` parses it, once, into the named
+regularizer's model. Every error names the key, the value and the fix.
 
 A block holds the common keys (:class:`RegularizerConfig`) and the keys of the regularizer it
 names. A regularizer factory declares the model of its keys as ``config_model``, a subclass of
 :class:`RegularizerConfig` (default: :class:`RegularizerConfig` itself, the common keys only).
 A subclass adds keys at the top of the block (GANPO's ``discriminator``, ``optimizer``, ...:
-:class:`~ganpo_plugins.ganpo_config.GANPOConfig`), or sets ``options_model`` to validate the
-``options:`` block (``mmd``'s ``bandwidths``). This module imports neither torch nor the
-registry: :func:`parse_config` consults the registry only when it runs, to find the named
-regularizer's ``config_model`` and to check every registered name a config uses.
+:class:`~ganpo_plugins.regularizers.ganpo_config.GANPOConfig`), or sets ``options_model`` to
+validate the ``options:`` block (``mmd``'s ``bandwidths``).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
+import warnings
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SerializeAsAny,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "BLOCK",
@@ -39,10 +32,9 @@ __all__ = [
     "LearnedConfig",
     "MaskMode",
     "OptimizerConfig",
-    "RegularizerBlock",
     "RegularizerConfig",
-    "config_model",
-    "parse_config",
+    "config_problem",
+    "format_error",
     "refuse_misspelt_block",
 ]
 
@@ -112,12 +104,13 @@ class RegularizerConfig(ConfigModel):
             try:
                 model.model_validate(self.options)
             except ValidationError as exc:
-                raise ValueError("; ".join(_format_error(e, "options", model) for e in exc.errors())) from None
+                raise ValueError("; ".join(format_error(e, "options", model) for e in exc.errors())) from None
         return self
 
     def registered_names(self) -> dict[str, tuple[str, str]]:
         """``{dotted key: (kind, name)}`` for every registered name this config uses besides
-        ``regularizer``; :func:`parse_config` resolves each through the registry."""
+        ``regularizer``; :func:`~ganpo_plugins.plugins.parse.parse_config` resolves each through
+        the registry."""
         if self.preference_loss is None:
             return {}
         return {"preference_loss": ("preference_loss", self.preference_loss)}
@@ -151,25 +144,9 @@ class OptimizerConfig(ConfigModel):
 
 class LearnedConfig(RegularizerConfig):
     """The keys of a regularizer that trains modules of its own
-    (:class:`~ganpo_plugins.learned.LearnedRegularizer`)."""
+    (:class:`~ganpo_plugins.regularizers.learned.LearnedRegularizer`)."""
 
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-
-
-def _parse_block(value: Any) -> RegularizerConfig | None:
-    if value is None or isinstance(value, RegularizerConfig):
-        return value
-    if not isinstance(value, Mapping):
-        raise ValueError(f"ganpo must be a mapping of keys to values, got {type(value).__name__} {value!r}")
-    try:
-        return parse_config(value)
-    except GANPOConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
-#: A ``ganpo:`` block as a field of a host's pydantic config model (Axolotl's): parsed into the
-#: named regularizer's config, every error naming the key; re-dumped with the regularizer's own keys.
-RegularizerBlock = Annotated[SerializeAsAny[RegularizerConfig] | None, BeforeValidator(_parse_block)]
 
 
 #: The name of the regularizer block in a host's YAML config (``ganpo:``).
@@ -187,12 +164,7 @@ def refuse_misspelt_block(keys: Any, host: str) -> None:
             )
 
 
-def config_model(factory: Any) -> type[RegularizerConfig]:
-    """The config model a regularizer factory declares as ``config_model`` (default: the common keys)."""
-    return getattr(factory, "config_model", RegularizerConfig)
-
-
-def _format_error(err: Mapping[str, Any], prefix: str, model: type[BaseModel]) -> str:
+def format_error(err: Mapping[str, Any], prefix: str, model: type[BaseModel]) -> str:
     loc = [str(p) for p in err["loc"]]
     key = ".".join([prefix, *loc] if prefix else loc)
     msg = err["msg"].removeprefix("Value error, ")
@@ -205,13 +177,13 @@ def _format_error(err: Mapping[str, Any], prefix: str, model: type[BaseModel]) -
             str(err.get("input")), [str(x) for x in err["ctx"]["expected"].split("'")[1::2]], n=1
         )
         msg += f". Did you mean {hint[0]!r}?" if hint else ""
-    return _problem(key, msg, _UNSHOWN if err["type"] == "extra_forbidden" else err.get("input"))
+    return config_problem(key, msg, _UNSHOWN if err["type"] == "extra_forbidden" else err.get("input"))
 
 
 _UNSHOWN = object()
 
 
-def _problem(key: str, msg: str, value: Any = _UNSHOWN) -> str:
+def config_problem(key: str, msg: str, value: Any = _UNSHOWN) -> str:
     shown = "" if value is _UNSHOWN or isinstance(value, dict) else f" (got {value!r})"
     return f"{key}: {msg}{shown}"
 
@@ -224,85 +196,18 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def parse_config(data: Mapping[str, Any] | RegularizerConfig | None, prefix: str = "ganpo") -> RegularizerConfig:
-    """Validate a block into the named regularizer's ``config_model``; raise
-    :class:`GANPOConfigError` listing every bad key as ``prefix.key: problem (got value)``.
-
-    Runs the registry: the regularizer's name picks the model, and every registered name the
-    config uses must resolve. A key of another registered regularizer is refused unless it
-    holds that key's default (a full dump of another regularizer's config is fine).
-    """
-    from . import registry
-
-    if isinstance(data, RegularizerConfig):
-        try:
-            if config_model(registry.resolve("regularizer", data.regularizer)) is type(data):
-                return _check_names(data, prefix, registry)
-        except registry.PluginError:
-            pass  # parsed again below, which names the problem
-        data = data.model_dump(exclude_unset=True)
-    block = dict(data or {})
-    problems: list[str] = []
-    name = block.get("regularizer", RegularizerConfig.model_fields["regularizer"].default)
-    model: type[RegularizerConfig] | None = None
-    if isinstance(name, str):  # else validation names the bad value
-        try:
-            model = config_model(registry.resolve("regularizer", name))
-        except registry.PluginError as exc:
-            problems.append(_problem(f"{prefix}.regularizer", str(exc), name))
-    if model is None:  # which keys the intended regularizer reads is unknown: check the common ones
-        model = RegularizerConfig
-        block = {k: v for k, v in block.items() if k in model.model_fields}
-    block, unused = _split_unused(block, model, registry)
-    if unused:
-        problems.append(
-            f"{prefix}: {', '.join(unused)}: not used by regularizer {name!r}; remove them or choose a "
-            "regularizer that reads them"
-        )
-    try:
-        config = model.model_validate(block)
-    except ValidationError as exc:
-        problems.extend(_format_error(e, prefix, model) for e in exc.errors())
-    else:
-        if not problems:
-            return _check_names(config, prefix, registry)
-    raise GANPOConfigError("invalid regularizer configuration:\n  " + "\n  ".join(problems))
+# Moved to the plugins layer in 0.2.0 (this module imports no registry); the old names still work.
+_MOVED = {"parse_config", "RegularizerBlock", "config_model"}
 
 
-def _split_unused(
-    block: dict[str, Any], model: type[RegularizerConfig], registry: Any
-) -> tuple[dict[str, Any], list[str]]:
-    """``block`` without the keys of other registered regularizers, and those of them that
-    differ from their default there."""
-    owners = {}
-    for other in registry.known_names("regularizer"):
-        other_model = config_model(registry.resolve("regularizer", other))
-        owners.update({key: other_model for key in other_model.model_fields if key not in owners})
-    kept, unused = {}, []
-    for key, value in block.items():
-        owner = owners.get(key)
-        if key in model.model_fields or owner is None:
-            kept[key] = value
-        elif not _is_default(owner, key, value):
-            unused.append(key)
-    return kept, sorted(unused)
-
-
-def _is_default(model: type[RegularizerConfig], key: str, value: Any) -> bool:
-    try:
-        parsed = getattr(model.model_validate({key: value}), key)
-    except ValidationError:
-        return False
-    return parsed == model.model_fields[key].get_default(call_default_factory=True)
-
-
-def _check_names(config: RegularizerConfig, prefix: str, registry: Any) -> RegularizerConfig:
-    problems = []
-    for key, (kind, name) in config.registered_names().items():
-        try:
-            registry.resolve(kind, name)
-        except registry.PluginError as exc:
-            problems.append(_problem(f"{prefix}.{key}", str(exc), name))
-    if problems:
-        raise GANPOConfigError("invalid regularizer configuration:\n  " + "\n  ".join(problems))
-    return config
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"ganpo_plugins.config.{name} moved to ganpo_plugins.plugins.parse.{name} (or import it from ganpo_plugins); "
+        "the old path will be removed in a later release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    # By name, not an import statement: the schema layer imports nothing above it.
+    return getattr(importlib.import_module("ganpo_plugins.plugins.parse"), name)

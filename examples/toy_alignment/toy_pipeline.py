@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from toy_task import EOS, build_tokenizer, demonstration, make_prompt, oracle_reward, target
 
-from ganpo_plugins.score import SavedDiscriminators, pearson, score_hidden_states
+from ganpo_plugins.tools.score import SavedDiscriminators, pearson, score_hidden_states
 
 
 @dataclass(frozen=True)

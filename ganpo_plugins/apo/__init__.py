@@ -1,6 +1,6 @@
 """APO (Adversarial Preference Optimization, arXiv 2311.08045): round data tools and settings.
 
-The loss is :func:`ganpo_plugins.functional.apo_rm_loss`; the round driver is ``ganpo-apo``
+The loss is :func:`ganpo_plugins.formulas.functional.apo_rm_loss`; the round driver is ``ganpo-apo``
 (:mod:`ganpo_plugins.apo.cli`); host glue lives in ``ganpo_trl.reward`` and ``ganpo_axolotl.apo``.
 Nothing here imports transformers.
 """

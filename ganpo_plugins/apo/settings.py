@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import _format_error
+from ..config import format_error
 
 __all__ = ["ARGUMENT_PREFIX", "APOConfigError", "APOSettings", "apo_arguments_dataclass", "parse_apo_settings"]
 
@@ -50,8 +50,8 @@ class APOSettings(BaseModel):
         return self
 
     def rm_loss(self, chosen: Any, rejected: Any, is_apo: Any) -> Any:
-        """The APO reward-model loss with these weights (:func:`ganpo_plugins.functional.apo_rm_loss`)."""
-        from ..functional import apo_rm_loss
+        """The APO reward-model loss with these weights (:func:`ganpo_plugins.formulas.functional.apo_rm_loss`)."""
+        from ..formulas.functional import apo_rm_loss
 
         return apo_rm_loss(chosen, rejected, is_apo, self.c_human, self.c_apo, self.samples_per_prompt)
 
@@ -90,7 +90,7 @@ def parse_apo_settings(data: Mapping[str, Any] | APOSettings | None, prefix: str
     except ValidationError as exc:
         sep = "" if prefix.endswith("_") else "."
         lines = [
-            prefix + sep + _format_error(err, "", APOSettings)
+            prefix + sep + format_error(err, "", APOSettings)
             if err["loc"]
             else f"{prefix.rstrip('_.')}: {err['msg'].removeprefix('Value error, ')}"
             for err in exc.errors()

@@ -27,7 +27,7 @@ from ganpo_plugins.apo.data import (
     write_jsonl,
 )
 from ganpo_plugins.apo.settings import APOConfigError, APOSettings, parse_apo_settings
-from ganpo_plugins.functional import apo_rm_loss
+from ganpo_plugins.formulas.functional import apo_rm_loss
 
 
 def bt(d: float) -> float:

@@ -120,7 +120,7 @@ def test_eval_loss_is_apo_rm_loss_of_the_rewards_at_the_scored_tokens(
     from transformers import AutoTokenizer
 
     from ganpo_plugins.apo.hf import reward_input_ids
-    from ganpo_plugins.functional import apo_rm_loss
+    from ganpo_plugins.formulas.functional import apo_rm_loss
 
     rows = pairs["human"][:3] + pairs["apo"][:5]
     args = APORewardConfig(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ganpo_plugins.registry import fresh_plugin_manager
+from ganpo_plugins.plugins.registry import fresh_plugin_manager
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "third_party_host_adapter"
 

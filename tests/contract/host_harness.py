@@ -37,8 +37,8 @@ from torch import Tensor
 
 import ganpo_plugins
 from ganpo_plugins import LatentBatch, RegularizerRunner, StepInfo, parse_config
-from ganpo_plugins.registry import load_host_adapters
-from ganpo_plugins.runner import state_path
+from ganpo_plugins.adapter_kit.checkpoint import state_path
+from ganpo_plugins.plugins.registry import load_host_adapters
 
 SMALL_D = {"discriminator": {"d_model": 16, "num_heads": 2, "ffn_size": 32, "num_layers": 1}}
 

@@ -1,4 +1,4 @@
-"""The core's attachment ledger (:class:`ganpo_plugins.attachment.Attachment`): what an adapter
+"""The core's attachment ledger (:class:`ganpo_plugins.adapter_kit.attachment.Attachment`): what an adapter
 wraps or sets on host objects is undone by ``detach()``, and a refused attach leaves nothing."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ganpo_plugins import parse_config
-from ganpo_plugins.attachment import Attachment
+from ganpo_plugins.adapter_kit.attachment import Attachment
 
 
 class Host:
@@ -30,9 +30,9 @@ class Demo(Attachment):
     def __init__(self, trainer: Host, engine: Engine, wrap: tuple[str, ...] = ("loss",)) -> None:
         super().__init__(trainer, parse_config(None))
         self.seen: list[Any] = []
-        self._wrap(trainer, {name: self._double for name in wrap})
-        self._set(trainer, "loss_types", ["hinge"])
-        self._wrap(engine, {"save": self._note})
+        self.wrap(trainer, {name: self._double for name in wrap})
+        self.set_attribute(trainer, "loss_types", ["hinge"])
+        self.wrap(engine, {"save": self._note})
 
     def _double(self, original: Any, x: float) -> float:
         return 2 * original(x)

@@ -7,7 +7,8 @@ import json
 import pytest
 from bad_input_table import table
 
-from ganpo_plugins.config import GANPOConfigError, parse_config
+from ganpo_plugins.config import GANPOConfigError
+from ganpo_plugins.plugins.parse import parse_config
 
 ROWS = [(json.loads(config), fragments) for config, fragments in table("Core configuration")]
 

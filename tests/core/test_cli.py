@@ -1,4 +1,4 @@
-""":func:`ganpo_plugins.cli.run_host_cli` on a tiny argparse host CLI written here (the OpenRLHF
+""":func:`ganpo_plugins.adapter_kit.launch.run_host_cli` on a tiny argparse host CLI written here (the OpenRLHF
 launchers use it on the real one: tests/host_openrlhf). Each run is a subprocess: the swaps last
 for the process, as they do for a launcher."""
 
@@ -29,7 +29,7 @@ if __name__ == "__main__":
 LAUNCHER = """
 import sys
 from ganpo_plugins import GANPOConfig, parse_config
-from ganpo_plugins.cli import run_host_cli
+from ganpo_plugins.adapter_kit.launch import run_host_cli
 
 def check(args):
     if args.packing:

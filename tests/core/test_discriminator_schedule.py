@@ -15,7 +15,7 @@ import torch
 from latents import H, make_batch, make_config
 
 from ganpo_plugins import GANPORegularizer, RegularizerContext, StepInfo
-from ganpo_plugins.functional import lr_schedule_factor
+from ganpo_plugins.formulas.functional import lr_schedule_factor
 
 BASE_LR = 1e-4  # policy lr 2e-4 × lr_ratio ½
 

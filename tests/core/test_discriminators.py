@@ -7,9 +7,14 @@ import torch
 from latents import make_batch, make_regularizer
 
 from ganpo_plugins import StepInfo
-from ganpo_plugins.builtin import ganpo_discriminators
-from ganpo_plugins.config import parse_config
-from ganpo_plugins.discriminators import MLPDiscriminator, TransformerDiscriminator, compact_positions, pad_and_stack
+from ganpo_plugins.formulas.discriminators import (
+    MLPDiscriminator,
+    TransformerDiscriminator,
+    compact_positions,
+    pad_and_stack,
+)
+from ganpo_plugins.plugins.builtin import ganpo_discriminators
+from ganpo_plugins.plugins.parse import parse_config
 
 H = 12
 

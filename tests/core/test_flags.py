@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ganpo_plugins import GANPOConfig, parse_config
+from ganpo_plugins.adapter_kit.flags import FlagError, split_flags
 from ganpo_plugins.apo import APOSettings, parse_apo_settings
-from ganpo_plugins.flags import FlagError, split_flags
 
 
 def test_ganpo_flags_are_split_from_the_hosts_and_nested() -> None:

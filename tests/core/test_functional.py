@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ganpo_plugins.functional import (
+from ganpo_plugins.formulas.functional import (
     GPO_KINDS,
     gpo_loss,
     lr_schedule_factor,
@@ -18,7 +18,7 @@ from ganpo_plugins.functional import (
     rbf_mmd2,
     simpo_loss,
 )
-from ganpo_plugins.preference import PairLogps, builtin_preference_losses, chosen_then_rejected
+from ganpo_plugins.formulas.preference import PairLogps, builtin_preference_losses, chosen_then_rejected
 
 XS = [-2.0, -0.5, 0.0, 0.3, 1.0, 2.5]
 

@@ -9,7 +9,7 @@ import torch
 from latents import H, disc_params, make_batch, make_config, make_regularizer
 
 from ganpo_plugins import GANPORegularizer, LatentBatch, RegularizerContext, StepInfo
-from ganpo_plugins.discriminators import compact_positions, pad_and_stack
+from ganpo_plugins.formulas.discriminators import compact_positions, pad_and_stack
 
 
 def test_from_concatenated_splits_chosen_then_rejected() -> None:

@@ -1,4 +1,4 @@
-"""The host rules, written once (:mod:`ganpo_plugins.host_rules`), over the facts each adapter reports.
+"""The host rules, written once (:mod:`ganpo_plugins.adapter_kit.rules`), over the facts each adapter reports.
 
 Each row gives facts as an adapter would report them and the fragments the one error must hold;
 the same rule speaks each host's spelling (``args``: TRL keyword arguments, ``yaml``: an Axolotl
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ganpo_plugins import parse_config
-from ganpo_plugins.host_rules import HostFacts, check_host
+from ganpo_plugins.adapter_kit.rules import HostFacts, check_host
 
 AXOLOTL_DPO = {"style": "yaml", "keys": {"loss_types": "rl", "packing": "sample_packing"}}
 OPENRLHF = {"style": "flags", "keys": {"packing": "--ds.packing_samples", "sequence_parallel": "--ds.ring_attn_size"}}

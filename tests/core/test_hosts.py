@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ganpo_plugins import hosts
+from ganpo_plugins.adapter_kit import versions as hosts
 
 
 @pytest.mark.parametrize(

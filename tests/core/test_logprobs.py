@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from ganpo_plugins.logprobs import LogitHead, completion_logps
-from ganpo_plugins.taps import HiddenStateTap, find_decoder
+from ganpo_plugins.adapter_kit.taps import HiddenStateTap, find_decoder
+from ganpo_plugins.formulas.logprobs import LogitHead, completion_logps
 
 N, T, H, V = 4, 7, 6, 13
 

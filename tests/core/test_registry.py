@@ -14,7 +14,7 @@ from bad_input_table import table
 
 from ganpo_plugins import MMDRegularizer, hookimpl, parse_config
 from ganpo_plugins.config import GANPOConfigError
-from ganpo_plugins.registry import (
+from ganpo_plugins.plugins.registry import (
     HOSTS_GROUP,
     PluginError,
     fresh_plugin_manager,

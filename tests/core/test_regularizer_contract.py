@@ -1,6 +1,6 @@
 """The LatentRegularizer contract, checked on every regularizer the registry knows: the built-ins,
 the example third-party plugin (examples/third_party_regularizer) and a learned regularizer
-written here on :class:`~ganpo_plugins.learned.LearnedRegularizer`, both registered through the
+written here on :class:`~ganpo_plugins.regularizers.learned.LearnedRegularizer`, both registered through the
 same hook an installed plugin uses."""
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from ganpo_plugins import (
     hookimpl,
     parse_config,
 )
-from ganpo_plugins.functional import masked_mean
-from ganpo_plugins.protocol import Metrics
-from ganpo_plugins.registry import fresh_plugin_manager, known_names, register_plugin
+from ganpo_plugins.formulas.functional import masked_mean
+from ganpo_plugins.plugins.registry import fresh_plugin_manager, known_names, register_plugin
+from ganpo_plugins.regularizers.protocol import Metrics
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples/third_party_regularizer/ganpo_example_plugin/__init__.py"
 

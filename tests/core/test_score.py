@@ -10,8 +10,8 @@ import torch
 from latents import H, make_batch
 
 from ganpo_plugins import RegularizerContext, RegularizerRunner, StepInfo
-from ganpo_plugins.discriminators import compact_positions
-from ganpo_plugins.score import (
+from ganpo_plugins.formulas.discriminators import compact_positions
+from ganpo_plugins.tools.score import (
     correlation_report,
     load_discriminators,
     pearson,

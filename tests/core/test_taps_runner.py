@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from ganpo_plugins import LatentBatch, LatentRegularizer, MMDRegularizer, RegularizerContext, StepInfo, parse_config
-from ganpo_plugins.protocol import prompt_completion_masks
-from ganpo_plugins.registry import known_names, resolve
-from ganpo_plugins.runner import RegularizerRunner, split_policy_reference, state_path
-from ganpo_plugins.taps import HiddenStateTap, TapRecord, find_output_embeddings
+from ganpo_plugins.adapter_kit.checkpoint import state_path
+from ganpo_plugins.adapter_kit.runner import RegularizerRunner, split_policy_reference
+from ganpo_plugins.adapter_kit.taps import HiddenStateTap, TapRecord, find_output_embeddings
+from ganpo_plugins.plugins.registry import known_names, resolve
+from ganpo_plugins.regularizers.protocol import prompt_completion_masks
 
 H, V = 8, 11
 

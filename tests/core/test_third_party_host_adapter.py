@@ -22,7 +22,7 @@ CHECK = textwrap.dedent(
     import torch
     import ganpo_plugins
     from ganpo_plugins import StepInfo
-    from ganpo_plugins.registry import load_host_adapters
+    from ganpo_plugins.plugins.registry import load_host_adapters
     from ganpo_example_host.loop import MiniDPOLoop, TinyLM, synthetic_pairs
 
     SMALL = {"discriminator": {"d_model": 16, "num_heads": 2, "ffn_size": 32, "num_layers": 1}}

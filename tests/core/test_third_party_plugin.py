@@ -17,7 +17,7 @@ CHECK = textwrap.dedent(
     import sys
     import torch
     from ganpo_plugins import LatentBatch, RegularizerContext, StepInfo, build_regularizer, parse_config
-    from ganpo_plugins.registry import known_names, not_loaded_plugins
+    from ganpo_plugins.plugins.registry import known_names, not_loaded_plugins
 
     assert "latent_l2" in not_loaded_plugins()                   # listed from its entry point ...
     assert "latent_l2" not in known_names("regularizer")         # ... its kind unknown until imported

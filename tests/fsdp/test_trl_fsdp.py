@@ -170,7 +170,7 @@ def _as_lists(value: Any) -> Any:
 def test_the_regularizer_reduces_over_accelerates_data_parallel_mesh(sizes: dict[str, int], group: str | None) -> None:
     from accelerate.parallelism_config import ParallelismConfig
 
-    from ganpo_plugins.hf_trainer import data_parallel_group
+    from ganpo_plugins.adapter_kit.hf_trainer import accelerator_data_parallel_group
 
     class Mesh:
         def __getitem__(self, name: str) -> Any:
@@ -179,6 +179,6 @@ def test_the_regularizer_reduces_over_accelerates_data_parallel_mesh(sizes: dict
     accelerator = type(
         "Accelerator", (), {"parallelism_config": ParallelismConfig(**sizes), "torch_device_mesh": Mesh()}
     )
-    assert data_parallel_group(accelerator) == (None if group is None else f"group of {group}")
+    assert accelerator_data_parallel_group(accelerator) == (None if group is None else f"group of {group}")
     without_mesh = type("Accelerator", (), {"parallelism_config": None, "torch_device_mesh": None})
-    assert data_parallel_group(without_mesh) is None  # DDP, plain FSDP, ZeRO: the default (whole) group
+    assert accelerator_data_parallel_group(without_mesh) is None  # DDP, plain FSDP, ZeRO: the default (whole) group

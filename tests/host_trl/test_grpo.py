@@ -23,8 +23,8 @@ from state_equality import assert_states_equal
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 import ganpo_plugins
-from ganpo_plugins import hosts
-from ganpo_plugins.runner import state_path
+from ganpo_plugins.adapter_kit import versions as hosts
+from ganpo_plugins.adapter_kit.checkpoint import state_path
 
 SMALL_D = {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
 GENERATIONS = 4
@@ -148,7 +148,7 @@ def test_one_discriminator_step_per_policy_step_whatever_reuses_a_generation(
     trainer = make_trainer(num_iterations=2, steps_per_generation=2, gradient_accumulation_steps=2, max_steps=4)
     handle = attach_regularizer(trainer, SMALL_D)
     calls: list[bool] = []
-    original_build = handle._build
+    original_build = handle.build_runner
 
     def build(args: Any, state: Any) -> None:
         original_build(args, state)
@@ -160,7 +160,7 @@ def test_one_discriminator_step_per_policy_step_whatever_reuses_a_generation(
 
         handle.runner.step = spy
 
-    handle._build = build
+    handle.build_runner = build
     trainer.train()
     assert calls == [False, True] * 4
     assert handle.runner.regularizer.disc_steps == trainer.state.global_step == 4

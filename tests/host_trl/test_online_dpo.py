@@ -24,7 +24,7 @@ from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 import ganpo_plugins
 from ganpo_plugins import StepInfo
-from ganpo_plugins.runner import state_path
+from ganpo_plugins.adapter_kit.checkpoint import state_path
 
 SMALL_D = {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
 BETA = 0.1

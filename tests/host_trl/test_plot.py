@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="the plot needs matplotlib: tox -e trl-oldest")
 
-from ganpo_plugins.plot import main, plot_run, read_run
+from ganpo_plugins.tools.plot import main, plot_run, read_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

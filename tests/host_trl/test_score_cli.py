@@ -20,7 +20,7 @@ pytest.importorskip("transformers", reason="needs transformers: tox -e trl-oldes
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ganpo_plugins import LatentBatch, RegularizerContext, RegularizerRunner, StepInfo
-from ganpo_plugins.score import load_discriminators, pearson, spearman
+from ganpo_plugins.tools.score import load_discriminators, pearson, spearman
 
 SMALL_D = {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}}
 HIDDEN = 64  # examples/tiny/make_tiny_assets.py

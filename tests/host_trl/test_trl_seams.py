@@ -21,8 +21,8 @@ from host_trl.test_trl_attach import BETA, SMALL_D, assert_loss_is, dpo_args, tr
 from transformers import AutoModelForCausalLM
 from trl import DPOTrainer
 
-from ganpo_plugins import hosts
-from ganpo_plugins.taps import find_decoder
+from ganpo_plugins.adapter_kit import versions as hosts
+from ganpo_plugins.adapter_kit.taps import find_decoder
 
 # A non-default configuration: the undo must not depend on defaults.
 CONFIG = {**SMALL_D, "preference_loss": "savage", "weight": 0.5, "mask": "sequence", "seed": 7}

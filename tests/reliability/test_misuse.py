@@ -22,9 +22,9 @@ from ganpo_plugins import (
     StepInfo,
     hookimpl,
 )
-from ganpo_plugins import runner as runner_module
-from ganpo_plugins.registry import fresh_plugin_manager, register_plugin
-from ganpo_plugins.runner import state_path
+from ganpo_plugins.adapter_kit import checkpoint as checkpoint_module
+from ganpo_plugins.adapter_kit.checkpoint import state_path
+from ganpo_plugins.plugins.registry import fresh_plugin_manager, register_plugin
 
 CTX = RegularizerContext(hidden_size=H, policy_lr=2e-3, total_steps=20, warmup_steps=2, seed=0)
 SMALL = {"discriminator": {"d_model": 16, "num_heads": 2, "ffn_size": 32, "num_layers": 1}}
@@ -116,7 +116,7 @@ def _disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def full(obj, f) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runner_module.torch, "save", full)
+    monkeypatch.setattr(checkpoint_module.torch, "save", full)
     RegularizerRunner(SMALL, CTX).save(tmp_path / "checkpoint-3")
 
 
@@ -125,7 +125,7 @@ def _short_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.skip("needs /dev/full (Linux)")
     real_save = torch.save
     # torch's own error for a short write: its zip writer writing to a device that is always full
-    monkeypatch.setattr(runner_module.torch, "save", lambda obj, f: real_save(obj, "/dev/full"))
+    monkeypatch.setattr(checkpoint_module.torch, "save", lambda obj, f: real_save(obj, "/dev/full"))
     RegularizerRunner(SMALL, CTX).save(tmp_path / "checkpoint-3")
 
 
@@ -332,7 +332,7 @@ def test_the_temporary_file_is_written_beside_the_checkpoint_folder(tmp_path, mo
         written.append(Path(f))
         real_save(obj, f)
 
-    monkeypatch.setattr(runner_module.torch, "save", spy)
+    monkeypatch.setattr(checkpoint_module.torch, "save", spy)
     path = RegularizerRunner(SMALL, CTX).save(tmp_path / "checkpoint-1")
     assert written[0].parent == tmp_path.resolve() and written[0].name.endswith(".tmp")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
@@ -357,7 +357,7 @@ def test_other_write_errors_pass_through_and_leave_nothing(tmp_path, monkeypatch
         Path(f).write_bytes(b"partial")
         raise PermissionError(errno.EACCES, "Permission denied", str(f))
 
-    monkeypatch.setattr(runner_module.torch, "save", denied)
+    monkeypatch.setattr(checkpoint_module.torch, "save", denied)
     with pytest.raises(PermissionError):
         RegularizerRunner(SMALL, CTX).save(tmp_path / "checkpoint-1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]

@@ -10,8 +10,7 @@ from ganpo_trl.facts import facts_from_args
 from ganpo_trl.grpo import online_rl_problems
 from pydantic import BaseModel, Field, model_validator
 
-from ganpo_plugins.config import RegularizerBlock, parse_config
-from ganpo_plugins.host_rules import HostFacts, check_host
+from ganpo_plugins.adapter_kit import HostFacts, RegularizerBlock, check_host, parse_config
 
 from .plugin import ganpo_enabled
 

@@ -1,16 +1,16 @@
-"""The Axolotl plugin: attaches the regularizer to the trainer Axolotl builds (:func:`ganpo_plugins.attach`,
-the TRL adapter). No Axolotl module is patched: it uses Axolotl's plugin hooks and, while training
-runs, chains Axolotl's SIGINT handler. docs/adapters.md says how, hook by hook."""
+"""The Axolotl plugin: attaches the regularizer to the trainer Axolotl builds (a TRL trainer: the TRL
+adapter's :func:`~ganpo_trl.attach_regularizer`, called directly). No Axolotl module is patched: it
+uses Axolotl's plugin hooks and, while training runs, chains Axolotl's SIGINT handler.
+docs/adapters.md says how, hook by hook."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin, PluginManager
+from ganpo_trl import attach_regularizer
 
-from ganpo_plugins import attach, parse_config
-from ganpo_plugins.config import BLOCK, refuse_misspelt_block
-from ganpo_plugins.hf_trainer import SaveOnInterrupt
+from ganpo_plugins.adapter_kit import BLOCK, SaveOnInterrupt, parse_config, refuse_misspelt_block
 
 __all__ = ["GANPOPlugin", "ganpo_enabled"]
 
@@ -62,7 +62,7 @@ class GANPOPlugin(BasePlugin):
         if self.active:
             simpo = getattr(cfg.rl, "value", cfg.rl) == "simpo" and len(self.models) > 1
             config = parse_config(cfg.get(BLOCK))  # the block Axolotl validated (GANPOArgs); None: defaults
-            self.attachment = attach(trainer, config, ref_model=self.models[1] if simpo else None)
+            self.attachment = attach_regularizer(trainer, config, ref_model=self.models[1] if simpo else None)
 
     def post_train(self, cfg: Any, model: Any) -> None:
         # Axolotl saves the final model with save_pretrained, not trainer.save_model: write the

@@ -1,10 +1,12 @@
 """Attach a latent regularizer (GANPO, or any registered one) to OpenRLHF's DPOTrainer.
 
-:class:`GANPODPOTrainer` (which the launcher puts in the base class's place) calls
-:func:`ganpo_plugins.attach` on itself once built; the OpenRLHF host adapter claims it and builds an
-:class:`OpenRLHFAttachment`, which wraps the trainer-instance seams in ``WRAPPED`` (``detach()``
-restores them): the masks of each batch, the loss, the logs, evaluation and checkpoints, with the
-hidden states from the decoder hook on OpenRLHF's own forwards. docs/adapters.md says how.
+:class:`GANPODPOTrainer` (which the launcher puts in the base class's place) builds an
+:class:`OpenRLHFAttachment` on itself once built, from the config the launcher parsed from the
+``--ganpo.*`` flags (a user's :func:`ganpo_plugins.attach` on an OpenRLHF ``DPOTrainer`` reaches
+the same class through the entry point ``ganpo_openrlhf.entry_point``). It wraps the trainer-instance
+seams in ``WRAPPED`` (``detach()`` restores them): the masks of each batch, the loss, the logs,
+evaluation and checkpoints, with the hidden states from the decoder hook on OpenRLHF's own forwards.
+docs/adapters.md says how.
 """
 
 from __future__ import annotations
@@ -19,13 +21,20 @@ import torch
 from deepspeed.accelerator import get_accelerator
 from openrlhf.trainer.dpo_trainer import DPOTrainer
 
-from ganpo_plugins import LatentBatch, PairLogps, RegularizerConfig, RegularizerContext, RegularizerRunner, StepInfo
-from ganpo_plugins import attach as attach_regularizer
-from ganpo_plugins.attachment import Attachment
-from ganpo_plugins.host_rules import HostFacts, check_host
-from ganpo_plugins.hosts import require_host
-from ganpo_plugins.report import announce_on
-from ganpo_plugins.taps import hidden_size
+from ganpo_plugins.adapter_kit import (
+    Attachment,
+    HostFacts,
+    LatentBatch,
+    PairLogps,
+    RegularizerConfig,
+    RegularizerContext,
+    RegularizerRunner,
+    StepInfo,
+    announce_on,
+    check_host,
+    hidden_size,
+    require_host,
+)
 
 __all__ = ["GANPODPOTrainer", "OpenRLHFAttachment", "facts_from_args"]
 
@@ -55,7 +64,7 @@ class GANPODPOTrainer(DPOTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.ganpo_attachment = attach_regularizer(self, self.args.ganpo)
+        self.ganpo_attachment = OpenRLHFAttachment(self, self.args.ganpo)  # parsed once, from the flags
 
 
 class OpenRLHFAttachment(Attachment):
@@ -76,7 +85,7 @@ class OpenRLHFAttachment(Attachment):
         self.runner = RegularizerRunner(config, self._context(), trainer.model, trainer.ref_model)
         self.engine = trainer.model.model
         self._masks: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._wrap(
+        self.wrap(
             trainer,
             {
                 "loss_fn": self._loss,
@@ -86,7 +95,7 @@ class OpenRLHFAttachment(Attachment):
                 "fit": self._fit,
             },
         )
-        self._wrap(self.engine, {"save_checkpoint": self._save_checkpoint})
+        self.wrap(self.engine, {"save_checkpoint": self._save_checkpoint})
         announce_on(
             config, f"OpenRLHF {type(trainer).__name__} ({self.host})", metrics="train/ganpo/*",
             base=base.describe("OpenRLHF"),

@@ -3,7 +3,7 @@
 The reward model trains on a dataset mixing human preference pairs and APO pairs (the golden
 response preferred over a sample of the current LLM), rows ``{"prompt", "chosen", "rejected",
 "is_apo": bool}``, with ``L_RM = c_human · BT(human) + (c_apo / k) · BT(APO)``
-(:func:`ganpo_plugins.functional.apo_rm_loss`) in place of OpenRLHF's pairwise loss.
+(:func:`ganpo_plugins.formulas.functional.apo_rm_loss`) in place of OpenRLHF's pairwise loss.
 
 Two seams, both subclasses the launcher puts in the base classes' places:
 
@@ -23,8 +23,8 @@ import torch
 from openrlhf.datasets import RewardDataset
 from openrlhf.trainer.rm_trainer import RewardModelTrainer
 
+from ganpo_plugins.adapter_kit import bradley_terry_loss
 from ganpo_plugins.apo import APOSettings
-from ganpo_plugins.functional import bradley_terry_loss
 
 __all__ = ["IS_APO", "APORewardDataset", "APORewardModelTrainer"]
 

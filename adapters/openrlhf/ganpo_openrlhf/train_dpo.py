@@ -4,7 +4,8 @@ Every ``openrlhf.cli.train_dpo`` flag unchanged, plus ``--ganpo.*``; launched as
 examples launch their CLI (``deepspeed --module ganpo_openrlhf.train_dpo ... --ganpo.weight 1.0``).
 Bad ``--ganpo.*`` flags stop the run before OpenRLHF is imported, flags that do not fit OpenRLHF's
 own before any model loads. Swapped for the process: OpenRLHF's ``DPOTrainer`` class (by
-:class:`~ganpo_openrlhf.dpo.GANPODPOTrainer`) and ``hierarchize`` (:func:`ganpo_plugins.cli.run_host_cli`).
+:class:`~ganpo_openrlhf.dpo.GANPODPOTrainer`) and ``hierarchize``
+(:func:`ganpo_plugins.adapter_kit.launch.run_host_cli`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ganpo_plugins import GANPOConfig, parse_config
-from ganpo_plugins.cli import run_host_cli
-from ganpo_plugins.host_rules import check_host
+from ganpo_plugins import GANPOConfig
+from ganpo_plugins.adapter_kit import check_host, parse_config, run_host_cli
 
 
 def _check(args: Any) -> None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ganpo_plugins.adapter_kit import run_host_cli
 from ganpo_plugins.apo import APOSettings, parse_apo_settings
-from ganpo_plugins.cli import run_host_cli
 
 
 def check_rm_flags(args: Any) -> None:

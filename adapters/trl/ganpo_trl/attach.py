@@ -17,17 +17,23 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ganpo_plugins import LatentBatch, PairLogps, RegularizerConfig, parse_config
-from ganpo_plugins.hf_trainer import TrainerAttachment
-from ganpo_plugins.host_rules import check_host
-from ganpo_plugins.hosts import require_host
-from ganpo_plugins.logprobs import LogitHead, completion_logps
-from ganpo_plugins.report import announce_on
-from ganpo_plugins.taps import require_weights
+from ganpo_plugins.adapter_kit import (
+    LatentBatch,
+    LogitHead,
+    PairLogps,
+    RegularizerConfig,
+    TrainerAttachment,
+    announce_on,
+    as_config,
+    check_host,
+    completion_logps,
+    require_host,
+    require_weights,
+)
 
 from .facts import facts_from_trainer
 from .grpo import OnlineRLAttachment
-from .host import trainer_kind
+from .kinds import trainer_kind
 from .online import OnlineDPOAttachment
 from .reference import reference_hidden
 
@@ -40,19 +46,20 @@ def attach_regularizer(
     """Attach the regularizer ``config`` describes (``None``: GANPO as in the paper) to a TRL
     ``DPOTrainer``, ``CPOTrainer`` (SimPO), ``OnlineDPOTrainer``, ``GRPOTrainer``, ``RLOOTrainer`` or a
     subclass; return its handle. ``ref_model``: the frozen reference for trainers that run none
-    themselves (GRPO/RLOO with ``beta=0``).
+    themselves (GRPO/RLOO with ``beta=0``). A mapping is parsed here; a parsed config
+    (``ganpo_plugins.parse_config``) is used as it is.
 
-    Raises ``TypeError`` for other trainers, :class:`~ganpo_plugins.hosts.HostVersionError`
+    Raises ``TypeError`` for other trainers, :class:`~ganpo_plugins.adapter_kit.versions.HostVersionError`
     outside the supported TRL range, and ``ValueError`` (naming the settings) for combinations
     the adapter cannot run faithfully or a trainer that already has a regularizer attached."""
     kind = trainer_kind(trainer)
     if kind == "online_dpo":
         if ref_model is not None:
             raise _ref_model_refused(trainer)
-        return OnlineDPOAttachment(trainer, parse_config(config))
+        return OnlineDPOAttachment(trainer, as_config(config))
     if kind in ("grpo", "rloo"):
-        return OnlineRLAttachment(trainer, parse_config(config), ref_model=ref_model)
-    return GANPOAttachment(trainer, parse_config(config), ref_model=ref_model)
+        return OnlineRLAttachment(trainer, as_config(config), ref_model=ref_model)
+    return GANPOAttachment(trainer, as_config(config), ref_model=ref_model)
 
 
 def _ref_model_refused(trainer: Any) -> ValueError:
@@ -87,13 +94,13 @@ class GANPOAttachment(TrainerAttachment):
         own_reference = self.own_reference = self.kind == "cpo" or bool(trainer.args.precompute_ref_log_probs)
         if ref_model is not None and not own_reference:
             raise _ref_model_refused(trainer)
-        self.reference = self._own_reference(ref_model) if own_reference else None
-        self._install(
+        self.reference = self.choose_reference(ref_model) if own_reference else None
+        self.install(
             {"_compute_loss": self._dpo_loss} if self.kind == "dpo" else {"get_batch_loss_metrics": self._cpo_loss}
         )
         if self.base.host_loss_type is not None and self.kind == "dpo":
-            self._set(trainer, "loss_types", [self.base.host_loss_type])
-            self._set(trainer, "loss_weights", [1.0])
+            self.set_attribute(trainer, "loss_types", [self.base.host_loss_type])
+            self.set_attribute(trainer, "loss_weights", [1.0])
         if not own_reference:
             ref = "the trainer's " + ("reference forward" if trainer.ref_model is not None else "adapter-disabled pass")
         else:
@@ -104,19 +111,19 @@ class GANPOAttachment(TrainerAttachment):
             main=trainer.accelerator.is_main_process,
         )  # fmt: skip
 
-    def _build(self, args: Any, state: Any) -> None:
+    def build_runner(self, args: Any, state: Any) -> None:
         policy, ref = self.trainer.model, self.reference if self.own_reference else self.trainer.ref_model
         if self.own_reference and ref is not None:
             require_weights(ref)
         tapped = (policy,) if self.own_reference or ref is None else (policy, ref)
-        self._start(args, state, *tapped, ref=ref)
+        self.start_runner(args, state, *tapped, ref=ref)
 
     # -- the loss -----------------------------------------------------------------------------
 
     def _dpo_loss(self, original: Callable[..., Any], model: Any, inputs: dict[str, Any], return_outputs=False) -> Any:
         if self.runner is None:
             return original(model, inputs, return_outputs)
-        result = self._captured(original, model, inputs, return_outputs)
+        result = self.captured(original, model, inputs, return_outputs)
         loss, outputs = result if return_outputs else (result, None)
         loss = self._regularized(loss, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], inputs)
         return (loss, outputs) if return_outputs else loss
@@ -124,7 +131,7 @@ class GANPOAttachment(TrainerAttachment):
     def _cpo_loss(self, original: Callable[..., Any], model: Any, batch: dict[str, Any], train_eval="train") -> Any:
         if self.runner is None:
             return original(model, batch, train_eval)
-        loss, metrics = self._captured(original, model, batch, train_eval)
+        loss, metrics = self.captured(original, model, batch, train_eval)
         trainer = self.trainer
         concat = trainer.concatenated_inputs(
             batch, is_encoder_decoder=False, padding_value=trainer.pad_token_id, device=trainer.accelerator.device
@@ -142,7 +149,7 @@ class GANPOAttachment(TrainerAttachment):
         if inputs is not None and self.base.loss is not None:
             loss = self._preference_loss(policy_h, ref_h, inputs)
         batch = LatentBatch.from_concatenated(policy_h, ref_h, attention, response)
-        return loss + self.runner.step(batch, self._step_info())
+        return loss + self.runner.step(batch, self.step_info())
 
     def _preference_loss(self, policy_h: Tensor, ref_h: Tensor, inputs: dict[str, Any]) -> Tensor:
         """The configured base loss on log-probabilities computed from the captured hidden states

@@ -1,4 +1,4 @@
-"""The facts of a TRL trainer that the core's host rules (:func:`ganpo_plugins.host_rules.check_host`)
+"""The facts of a TRL trainer that the core's host rules (:func:`ganpo_plugins.adapter_kit.rules.check_host`)
 judge, from TRL's training arguments by their public names (they keep across releases): off a live
 trainer, or off the config of a host that builds one (Axolotl)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ganpo_plugins.host_rules import HostFacts
+from ganpo_plugins.adapter_kit import HostFacts
 
 __all__ = ["facts_from_args", "facts_from_trainer"]
 

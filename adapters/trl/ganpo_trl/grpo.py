@@ -25,14 +25,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ganpo_plugins import LatentBatch, RegularizerConfig
-from ganpo_plugins.hf_trainer import TrainerAttachment
-from ganpo_plugins.hosts import require_host
-from ganpo_plugins.protocol import prompt_completion_masks
-from ganpo_plugins.report import announce_on
-from ganpo_plugins.taps import require_weights
+from ganpo_plugins.adapter_kit import (
+    LatentBatch,
+    RegularizerConfig,
+    TrainerAttachment,
+    announce_on,
+    prompt_completion_masks,
+    require_host,
+    require_weights,
+)
 
-from .host import trainer_kind
+from .kinds import trainer_kind
 from .reference import reference_hidden
 
 __all__ = ["OnlineRLAttachment", "online_rl_problems"]
@@ -78,8 +81,8 @@ class OnlineRLAttachment(TrainerAttachment):
                 "ref_model=, or set beta=0.0 to choose the regularizer's reference yourself"
             )
         # β > 0: TRL's ref_model (or, under PEFT, the adapter-disabled policy); β = 0: TRL loads none.
-        self.reference = self._own_reference(ref_model)
-        self._install({"compute_loss": self._loss})
+        self.reference = self.choose_reference(ref_model)
+        self.install({"compute_loss": self._loss})
         if self.reference is None:
             reference = "the PEFT policy with its adapter disabled"
         elif self.reference is trainer.ref_model:
@@ -94,10 +97,10 @@ class OnlineRLAttachment(TrainerAttachment):
             main=trainer.accelerator.is_main_process,
         )  # fmt: skip
 
-    def _build(self, args: Any, state: Any) -> None:
+    def build_runner(self, args: Any, state: Any) -> None:
         if self.reference is not None:
             require_weights(self.reference)
-        self._start(args, state, self.trainer.model, ref=self.reference)
+        self.start_runner(args, state, self.trainer.model, ref=self.reference)
 
     def _loss(
         self, original: Callable[..., Any], model: Any, inputs: dict[str, Any], return_outputs: bool = False,
@@ -106,7 +109,7 @@ class OnlineRLAttachment(TrainerAttachment):
         call = (model, inputs, return_outputs, num_items_in_batch)
         if self.runner is None:
             return original(*call)
-        loss = self._captured(original, *call)
+        loss = self.captured(original, *call)
         return loss + self._term(inputs, num_items_in_batch)
 
     def _term(self, inputs: dict[str, Any], num_items_in_batch: Any) -> Tensor:
@@ -132,7 +135,7 @@ class OnlineRLAttachment(TrainerAttachment):
             advantages = (advantages * sampled).sum(1) / sampled.sum(1).clamp_min(1)
         positive, negative = advantages > 0, advantages < 0
         batch = LatentBatch.from_sides(policy_h, ref_h, attention, response, positive, negative)
-        info = self._step_info()
+        info = self.step_info()
         term = self.runner.step(batch, info)
         counts = {"completions_pos": positive.sum(), "completions_neg": negative.sum()}
         counts["completions_zero"] = advantages.numel() - counts["completions_pos"] - counts["completions_neg"]

@@ -4,7 +4,7 @@ policy sampled for each prompt (docs/methods.md, docs/online.md).
 
 ``OnlineDPOTrainer.training_step`` generates, runs the policy and reference ``_forward``, computes
 the rewards, orders each pair and calls ``accelerator.backward(loss)`` itself, so the term is added
-at that backward (:meth:`~ganpo_plugins.hf_trainer.TrainerAttachment._step_with_term`). Wrapped on
+at that backward (:meth:`~ganpo_plugins.adapter_kit.hf_trainer.TrainerAttachment.step_with_term`). Wrapped on
 the trainer instance (:attr:`OnlineDPOAttachment.WRAPPED`): ``_forward`` (the tap on around the
 policy and reference forwards, never during generation; log-probabilities and masks kept) and
 ``_calculate_rewards_from_functions`` (the reward tensor kept: TRL penalises it in place, so at
@@ -18,13 +18,17 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from ganpo_plugins import LatentBatch, PairLogps, RegularizerConfig
-from ganpo_plugins.hf_trainer import TrainerAttachment
-from ganpo_plugins.host_rules import check_host
-from ganpo_plugins.hosts import require_host
-from ganpo_plugins.preference import chosen_then_rejected
-from ganpo_plugins.protocol import prompt_completion_masks
-from ganpo_plugins.report import announce_on
+from ganpo_plugins.adapter_kit import (
+    LatentBatch,
+    PairLogps,
+    RegularizerConfig,
+    TrainerAttachment,
+    announce_on,
+    check_host,
+    chosen_then_rejected,
+    prompt_completion_masks,
+    require_host,
+)
 
 from .facts import facts_from_trainer
 
@@ -48,7 +52,7 @@ class OnlineDPOAttachment(TrainerAttachment):
         # This step's (log-probabilities [2B, Tc], attention [2B, T], response [2B, T]) per _forward.
         self._forwards: list[tuple[Tensor, Tensor, Tensor]] = []
         self._rewards: Tensor | None = None
-        self._install(
+        self.install(
             {
                 "_forward": self._forward,
                 "_calculate_rewards_from_functions": self._rewards_from_functions,
@@ -62,9 +66,9 @@ class OnlineDPOAttachment(TrainerAttachment):
             base=self.base.describe("TRL"), main=trainer.accelerator.is_main_process,
         )  # fmt: skip
 
-    def _build(self, args: Any, state: Any) -> None:
+    def build_runner(self, args: Any, state: Any) -> None:
         policy, ref = self.trainer.model, self.trainer.ref_model
-        self._start(args, state, *((policy,) if ref is None else (policy, ref)), ref=ref)
+        self.start_runner(args, state, *((policy,) if ref is None else (policy, ref)), ref=ref)
 
     def _forward(self, original: Callable[..., Any], model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
                  completion_ids: Tensor, completion_mask: Tensor, vision_inputs: Any = None) -> Tensor:  # fmt: skip
@@ -91,7 +95,7 @@ class OnlineDPOAttachment(TrainerAttachment):
         if self.runner is None:
             return original(model, inputs, num_items)
         try:
-            return self._step_with_term(original, (model, inputs, num_items), self._regularized)
+            return self.step_with_term(original, (model, inputs, num_items), self._regularized)
         finally:
             self._forwards, self._rewards = [], None
 
@@ -114,4 +118,4 @@ class OnlineDPOAttachment(TrainerAttachment):
             pair = PairLogps.from_concatenated(summed[0], summed[1].detach(), completion.sum(1))
             loss = self.base.loss(pair, self.trainer.beta, self.config.simpo_gamma).mean()
         batch = LatentBatch.from_concatenated(policy_h[order], ref_h[order], attention[order], response[order])
-        return loss + self.runner.step(batch, self._step_info())
+        return loss + self.runner.step(batch, self.step_info())

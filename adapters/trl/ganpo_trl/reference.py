@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ganpo_plugins.taps import reference_forward
+from ganpo_plugins.adapter_kit import reference_forward
 
 __all__ = ["reference_hidden"]
 

@@ -3,7 +3,7 @@
 ``L_RM = c_human · BT(human) + (c_apo / k) · BT(APO)`` over a dataset whose rows carry a
 boolean ``is_apo`` (``ganpo-apo pairs`` writes it): human preference pairs (``false``) and APO
 pairs (golden response preferred over a sample of the current LLM, ``true``). The loss is
-:func:`ganpo_plugins.functional.apo_rm_loss`; this module only carries the flag and calls it.
+:func:`ganpo_plugins.formulas.functional.apo_rm_loss`; this module only carries the flag and calls it.
 
     from ganpo_trl.reward import APORewardConfig, APORewardTrainer
 

@@ -2,7 +2,7 @@
 entry-point group ``ganpo_plugins.hosts``: ``ganpo_plugins.attach(loop, config)`` finds it.
 
 It changes attributes of the one loop instance and nothing else (:attr:`MiniDPOAttachment.WRAPPED`;
-the core's :class:`~ganpo_plugins.attachment.Attachment` keeps the ledger ``detach()`` undoes);
+the core's :class:`~ganpo_plugins.adapter_kit.Attachment` keeps the ledger ``detach()`` undoes);
 :class:`ganpo_plugins.RegularizerRunner` does the rest.
 """
 
@@ -23,8 +23,7 @@ from ganpo_plugins import (
     StepInfo,
     hookimpl,
 )
-from ganpo_plugins.attachment import Attachment
-from ganpo_plugins.taps import hidden_size
+from ganpo_plugins.adapter_kit import Attachment, hidden_size
 
 from .loop import Batch, MiniDPOLoop
 
@@ -68,7 +67,7 @@ class MiniDPOAttachment(Attachment):
         }
         if self.preference is not None:
             wrappers["objective"] = self._objective
-        self._wrap(loop, wrappers)  # each called as wrapper(original, *args)
+        self.wrap(loop, wrappers)  # each called as wrapper(original, *args)
 
     def _loss(self, original: Callable[[Batch], Tensor], batch: Batch) -> Tensor:
         self.runner.tap.take()  # drop records of forwards run outside the loss

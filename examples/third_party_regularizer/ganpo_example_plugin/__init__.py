@@ -3,7 +3,7 @@
 from pydantic import BaseModel, ConfigDict
 
 from ganpo_plugins import LatentBatch, RegularizerConfig, RegularizerOutput, StepInfo, hookimpl
-from ganpo_plugins.functional import masked_mean
+from ganpo_plugins.formulas.functional import masked_mean
 
 
 class LatentL2Options(BaseModel):

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..formulas.logprobs import find_output_embeddings, unwrap_once
+
 __all__ = [
     "HiddenStateTap",
     "TapRecord",
@@ -45,32 +47,6 @@ class TapRecord:
     source: int
 
 
-def _unwrap(model: Any) -> Any:
-    """One level of wrapper down (``.module``, then ``.model``), or ``None`` at the bottom."""
-    inner = getattr(model, "module", None)
-    if not isinstance(inner, nn.Module):
-        inner = getattr(model, "model", None)
-    return inner if isinstance(inner, nn.Module) and inner is not model else None
-
-
-def find_output_embeddings(model: Any) -> nn.Module:
-    """The module whose input is the final hidden state, looking through known wrappers."""
-    current = model
-    for _ in range(8):
-        get = getattr(current, "get_output_embeddings", None)
-        if callable(get):
-            emb = get()
-            if isinstance(emb, nn.Module):
-                return emb
-        current = _unwrap(current)
-        if current is None:
-            break
-    raise TypeError(
-        f"cannot find the output embeddings of {type(model).__name__}: expected a transformers "
-        "model (get_output_embeddings) or a wrapper exposing it as .module or .model"
-    )
-
-
 def find_decoder(model: Any) -> nn.Module | None:
     """The decoder body of a causal LM (``get_decoder()``), looking through known wrappers;
     ``None`` when the model has none distinct from itself."""
@@ -84,7 +60,7 @@ def find_decoder(model: Any) -> nn.Module | None:
                 decoder = None
             if isinstance(decoder, nn.Module) and decoder is not current and decoder is not model:
                 return decoder
-        current = _unwrap(current)
+        current = unwrap_once(current)
         if current is None:
             break
     return None

@@ -26,13 +26,13 @@ from accelerate.utils import is_peft_model
 from torch import Tensor
 from transformers import TrainerCallback
 
+from ..config import RegularizerConfig
+from ..regularizers.protocol import RegularizerContext, StepInfo
 from .attachment import Attachment
-from .config import RegularizerConfig
-from .protocol import RegularizerContext, StepInfo
 from .runner import RegularizerRunner
 from .taps import frozen_copy, hidden_size
 
-__all__ = ["SaveOnInterrupt", "TrainerAttachment", "data_parallel_group"]
+__all__ = ["SaveOnInterrupt", "TrainerAttachment", "accelerator_data_parallel_group"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class _BuildCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.attachment.runner is None:
-            self.attachment._build(args, state)
+            self.attachment.build_runner(args, state)
 
 
 class TrainerAttachment(Attachment):
@@ -64,7 +64,7 @@ class TrainerAttachment(Attachment):
         self._resume_dir: str | None = None
         self.in_step = False  # True while a training step whose backward gets the term runs
 
-    def _install(self, wrappers: dict[str, Callable[..., Any]]) -> None:
+    def install(self, wrappers: dict[str, Callable[..., Any]]) -> None:
         """Wrap the named trainer methods and the shared ones; add the build callback."""
         shared = {
             "log": self._log,
@@ -72,15 +72,15 @@ class TrainerAttachment(Attachment):
             "_load_optimizer_and_scheduler": self._load,
             "evaluation_loop": self._evaluation_loop,
         }
-        self._wrap(self.trainer, {**wrappers, **shared})
+        self.wrap(self.trainer, {**wrappers, **shared})
         self._callback = _BuildCallback(self)
         self.trainer.add_callback(self._callback)
 
     @abstractmethod
-    def _build(self, args: Any, state: Any) -> None:
+    def build_runner(self, args: Any, state: Any) -> None:
         """Build the runner when training begins: choose the tapped models, call :meth:`_start`."""
 
-    def _start(self, args: Any, state: Any, *models: Any, ref: Any = None) -> None:
+    def start_runner(self, args: Any, state: Any, *models: Any, ref: Any = None) -> None:
         """Build the runner over ``models`` (the tapped ones); restore the state of the checkpoint
         the run resumes from. ``ref``: the reference, for its hidden size."""
         trainer = self.trainer
@@ -93,14 +93,14 @@ class TrainerAttachment(Attachment):
             ref_hidden_size=None if ref is None else hidden_size(ref),
             device=trainer.accelerator.device,
             seed=args.seed,
-            process_group=data_parallel_group(trainer.accelerator),
+            process_group=accelerator_data_parallel_group(trainer.accelerator),
         )
         self.runner = RegularizerRunner(self.config, context, *models)
         self.runner.tap.enabled = False  # on only where the subclass captures (never in generation)
         if self._resume_dir is not None:
             self.runner.load(self._resume_dir)
 
-    def _step_info(self) -> StepInfo | None:
+    def step_info(self) -> StepInfo | None:
         """This micro-step's accumulation facts (``Trainer`` sets ``sync_gradients`` before each);
         ``None`` outside a training step (evaluation, or autograd off): no update then."""
         trainer = self.trainer
@@ -109,14 +109,14 @@ class TrainerAttachment(Attachment):
         accumulation = getattr(trainer, "current_gradient_accumulation_steps", trainer.args.gradient_accumulation_steps)
         return StepInfo(is_boundary=bool(trainer.accelerator.sync_gradients), accumulation_steps=int(accumulation))
 
-    def _captured(self, original: Callable[..., Any], *args: Any) -> Any:
+    def captured(self, original: Callable[..., Any], *args: Any) -> Any:
         """``original(*args)`` with the tap recording; records of earlier forwards dropped first."""
         assert self.runner is not None
         self.runner.tap.take()
         with self.runner.tap.capturing():
             return original(*args)
 
-    def _own_reference(self, ref_model: Any) -> Any:
+    def choose_reference(self, ref_model: Any) -> Any:
         """The model the adapter's own reference forward runs, for a trainer that runs none:
         ``ref_model``, else the trainer's ``ref_model``, else ``None`` for a PEFT policy (the
         reference is the policy with its adapters disabled), else a frozen copy of the policy
@@ -141,7 +141,7 @@ class TrainerAttachment(Attachment):
         )
         return frozen_copy(policy)
 
-    def _step_with_term(
+    def step_with_term(
         self, original: Callable[..., Any], args: tuple[Any, ...], term: Callable[[Tensor], Tensor]
     ) -> Tensor:
         """Run a ``training_step(*args)`` that calls ``accelerator.backward(loss)`` itself (it has no
@@ -242,7 +242,7 @@ class SaveOnInterrupt(TrainerCallback):
             self.previous = None
 
 
-def data_parallel_group(accelerator: Any) -> Any:
+def accelerator_data_parallel_group(accelerator: Any) -> Any:
     """The process group over which the batch differs (μ, discriminator gradients, metrics):
     accelerate's flattened ``dp`` mesh dimension (replicate × shard under HSDP; tensor- and
     context-parallel ranks see the same data) when the run has a device mesh with data-parallel

@@ -2,8 +2,8 @@
 
 What is GANPO lives here: the discriminators D+ and D−, the six running means μ, their losses
 and the generator term, and saturation tracking. Their optimisers and schedule, RNG stream,
-accumulation, data-parallel sync and state are :class:`~ganpo_plugins.learned.LearnedRegularizer`'s.
-The formulas are in :mod:`ganpo_plugins.functional`; docs/methods.md states the method and
+accumulation, data-parallel sync and state are :class:`~ganpo_plugins.regularizers.learned.LearnedRegularizer`'s.
+The formulas are in :mod:`ganpo_plugins.formulas.functional`; docs/methods.md states the method and
 every deviation from the public release.
 """
 
@@ -16,15 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .discriminators import compact_positions, pad_and_stack
+from ..formulas.discriminators import MLPDiscriminator, TransformerDiscriminator, compact_positions, pad_and_stack
+from ..formulas.functional import ragan_discriminator_loss, ragan_generator_loss
 from .distributed import all_reduce_sum
-from .functional import ragan_discriminator_loss, ragan_generator_loss
 from .ganpo_config import GANPOConfig
 from .learned import LearnedRegularizer
 from .protocol import LatentBatch, Metrics, RegularizerContext, RegularizerOutput
-from .registry import resolve
 
-__all__ = ["SIDES", "GANPORegularizer"]
+__all__ = ["BUILTIN_DISCRIMINATORS", "SIDES", "GANPORegularizer", "mlp_discriminator", "transformer_discriminator"]
 
 # Order of the six running means: for each discriminator, its (real, fake, other) inputs.
 # D+: (h_r+, h_θ+, h_r−) → μ+(r+), μ+(θ), μ+(r−);  D−: (h_r−, h_θ−, h_r+) → μ−(r−), μ−(θ), μ−(r+).
@@ -32,12 +31,31 @@ SIDES = ("pos", "neg")
 _ROLES = ("real", "fake", "other")
 
 
+def transformer_discriminator(input_size: int, config: GANPOConfig) -> nn.Module:
+    """The paper's Transformer discriminator, sized by ``config.discriminator``."""
+    d = config.discriminator
+    power_iterations = d.power_iterations if d.spectral_norm else None
+    return TransformerDiscriminator(
+        input_size, d.d_model, d.num_layers, d.num_heads, d.ffn_size, d.dropout, config.max_positions, power_iterations
+    )
+
+
+def mlp_discriminator(input_size: int, config: GANPOConfig) -> nn.Module:
+    """The MLP discriminator (the paper's ablation), sized by ``config.discriminator``."""
+    d = config.discriminator
+    return MLPDiscriminator(input_size, d.d_model, d.num_layers, d.power_iterations if d.spectral_norm else None)
+
+
+#: The discriminators GANPO ships (the built-in plugin registers them under these names).
+BUILTIN_DISCRIMINATORS = {"transformer": transformer_discriminator, "mlp": mlp_discriminator}
+
+
 def _saturated(accuracy: float) -> bool:
     return accuracy >= 0.99 or accuracy <= 0.51
 
 
 class GANPORegularizer(LearnedRegularizer):
-    """The GANPO latent regularizer; satisfies :class:`~ganpo_plugins.protocol.LatentRegularizer`."""
+    """The GANPO latent regularizer; satisfies :class:`~ganpo_plugins.regularizers.protocol.LatentRegularizer`."""
 
     config_model = GANPOConfig
     label = "GANPO"
@@ -56,7 +74,13 @@ class GANPORegularizer(LearnedRegularizer):
         self.saturated_run = [0, 0]
 
     def build_discriminators(self, context: RegularizerContext) -> nn.ModuleDict:
-        factory = resolve("discriminator", self.config.discriminator.kind)
+        kind = self.config.discriminator.kind
+        factory = context.components.get("discriminator.kind", BUILTIN_DISCRIMINATORS.get(kind))
+        if factory is None:
+            raise ValueError(
+                f"discriminator {kind!r} is not built in; build the regularizer with ganpo_plugins.build_regularizer, "
+                "which resolves a plugin's discriminator through the registry"
+            )
         return nn.ModuleDict({side: factory(context.hidden_size, self.config) for side in SIDES})
 
     def _select(self, batch: LatentBatch) -> tuple[list[tuple[Tensor, Tensor]], bool]:

@@ -8,7 +8,7 @@ listing every conflict, each naming the user's key, its value and the fix.
 
 Base loss (``preference_loss``): unset, the host's own loss; a kind the host computes with the same
 formula (``equivalents``, e.g. TRL DPO ``sigmoid`` ≡ ``logistic``), the host computes it; any other
-kind, the adapter computes it (:mod:`ganpo_plugins.preference`) on the host's log-probabilities.
+kind, the adapter computes it (:mod:`ganpo_plugins.formulas.preference`) on the host's log-probabilities.
 TRL's ``ipo`` (per-token-averaged log-ratios) is not ``squared`` (summed): never substituted.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .config import RegularizerConfig
+from ..config import RegularizerConfig
 
 __all__ = ["BaseLoss", "HostFacts", "check_host"]
 
@@ -30,7 +30,7 @@ class BaseLoss:
     host as configured."""
 
     host_loss_type: str | None = None
-    loss: Any = None  # a ganpo_plugins.preference.PreferenceLoss
+    loss: Any = None  # a ganpo_plugins.formulas.preference.PreferenceLoss
 
     def describe(self, host: str) -> str:
         """Who computes it, for the ON line (``host``: the host's name, ``TRL``)."""
@@ -93,7 +93,7 @@ def check_host(facts: HostFacts, config: RegularizerConfig) -> BaseLoss:
         return BaseLoss()
     if pref in facts.equivalents:
         return BaseLoss(host_loss_type=facts.equivalents[pref])
-    from .registry import resolve
+    from ..plugins.registry import resolve
 
     return BaseLoss(loss=resolve("preference_loss", pref))
 

@@ -23,11 +23,10 @@ __all__ = [
     "HOSTS",
     "HostSupport",
     "HostVersionError",
-    "attach",
-    "doctor_report",
     "host_class",
     "installed_version",
     "require_host",
+    "version_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,8 +52,8 @@ class HostSupport:
         return f">={self.minimum}" + (f",<{self.below}" if self.below else "")
 
     def contains(self, installed: str) -> bool:
-        v = _key(installed)
-        return v >= _key(self.minimum) and (self.below is None or v < _key(self.below))
+        v = version_key(installed)
+        return v >= version_key(self.minimum) and (self.below is None or v < version_key(self.below))
 
     @property
     def newest_tested(self) -> str:
@@ -98,7 +97,7 @@ HOSTS: dict[str, HostSupport] = {
 }
 
 
-def _key(v: str) -> tuple[int, ...]:
+def version_key(v: str) -> tuple[int, ...]:
     """The release part of a version as a comparable tuple (``1.16.0.dev0`` → ``(1, 16, 0)``)."""
     match = re.match(r"\d+(?:\.\d+)*", v)
     return tuple(int(p) for p in match.group(0).split(".")) if match else ()
@@ -124,7 +123,7 @@ def require_host(name: str) -> str:
             f"(tested: {', '.join(v for v, _, _ in host.tested)}); install a supported {name}, e.g. "
             f"pip install '{name}=={host.newest_tested}'"
         )
-    if _key(installed) > _key(host.newest_tested):
+    if version_key(installed) > version_key(host.newest_tested):
         logger.warning(
             "ganpo: %s %s is newer than the newest version tested (%s); supported range %s%s",
             name,
@@ -136,34 +135,6 @@ def require_host(name: str) -> str:
     return installed
 
 
-def doctor_report() -> str:
-    """A markdown table: every host, its installed version, whether it is supported and tested."""
-    import platform
-
-    rows = [
-        f"ganpo-plugins {installed_version('ganpo-plugins') or '(not installed)'}, Python {platform.python_version()}, "
-        f"torch {installed_version('torch') or '(not installed)'}",
-        "",
-        "| host | installed | supported | tested (Python, last green) | status | features tested |",
-        "|---|---|---|---|---|---|",
-    ]
-    for host in HOSTS.values():
-        installed = installed_version(host.name)
-        tested = "; ".join(f"{v} (py{py}, {day})" for v, py, day in host.tested)
-        if installed is None:
-            status = "not installed"
-        elif not host.contains(installed):
-            status = "UNSUPPORTED: the adapter refuses to attach"
-        elif installed in {v for v, _, _ in host.tested}:
-            status = "tested"
-        elif _key(installed) > _key(host.newest_tested):
-            status = "supported, newer than tested"
-        else:
-            status = "supported, between tested ends"
-        rows.append(f"| {host.name} | {installed or '-'} | {host.range} | {tested} | {status} | {host.features} |")
-    return "\n".join(rows)
-
-
 def host_class(obj: Any, module_prefix: str, names: Collection[str]) -> str | None:
     """The name of the first class in ``type(obj)``'s hierarchy that is named in ``names`` and
     defined in a module under ``module_prefix`` (``"trl."``), else ``None``: how a host adapter
@@ -172,24 +143,3 @@ def host_class(obj: Any, module_prefix: str, names: Collection[str]) -> str | No
         if cls.__module__.startswith(module_prefix) and cls.__name__ in names:
             return cls.__name__
     return None
-
-
-def attach(trainer: Any, config: Any = None, **options: Any) -> Any:
-    """Attach the regularizer ``config`` describes to ``trainer`` through whichever installed host
-    adapter claims it (the ``ganpo_attach`` hook; built-in and third-party adapters register
-    alike, under the entry-point group ``ganpo_plugins.hosts``). Returns the adapter's handle
-    (``detach()`` undoes the attach); ``options`` go to the adapter (e.g. ``ref_model=``)."""
-    from .config import parse_config
-    from .registry import host_adapter_failures, load_host_adapters
-
-    pm = load_host_adapters()
-    handle = pm.hook.ganpo_attach(trainer=trainer, config=parse_config(config), options=options)
-    if handle is not None:
-        return handle
-    adapters = sorted(name for name, _ in pm.list_name_plugin())
-    failures = host_adapter_failures()
-    raise TypeError(
-        f"no installed ganpo host adapter handles {type(trainer).__module__}.{type(trainer).__name__} "
-        f"(adapters: {', '.join(adapters) or 'none'})"
-        + ("; adapters that failed to load: " + "; ".join(f"{k}: {v}" for k, v in failures.items()) if failures else "")
-    )

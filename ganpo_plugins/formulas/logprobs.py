@@ -4,7 +4,7 @@ the full ``[N, T, V]`` logits.
 A base preference loss the host does not compute (a GPO kind, SimPO on a DPO trainer) needs
 ``logp(y|x)`` summed over the response tokens. Rather than reading it out of a host's private
 functions (which change between releases), the package computes it from what every host path
-produces: the final hidden states (captured by :class:`~ganpo_plugins.taps.HiddenStateTap`) and
+produces: the final hidden states (captured by :class:`~ganpo_plugins.adapter_kit.taps.HiddenStateTap`) and
 the output-embedding layer's weight. Only positions that predict a completion token are
 projected, a chunk of tokens at a time; under autograd each chunk is checkpointed, so the
 backward pass recomputes one chunk's logits at a time instead of keeping them all. Peak extra
@@ -20,11 +20,35 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .taps import find_output_embeddings
-
-__all__ = ["DEFAULT_CHUNK_TOKENS", "LogitHead", "completion_logps"]
+__all__ = ["DEFAULT_CHUNK_TOKENS", "LogitHead", "completion_logps", "find_output_embeddings", "unwrap_once"]
 
 DEFAULT_CHUNK_TOKENS = 512
+
+
+def unwrap_once(model: Any) -> Any:
+    """One level of wrapper down (``.module``, then ``.model``), or ``None`` at the bottom."""
+    inner = getattr(model, "module", None)
+    if not isinstance(inner, nn.Module):
+        inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) and inner is not model else None
+
+
+def find_output_embeddings(model: Any) -> nn.Module:
+    """The module whose input is the final hidden state, looking through known wrappers."""
+    current = model
+    for _ in range(8):
+        get = getattr(current, "get_output_embeddings", None)
+        if callable(get):
+            emb = get()
+            if isinstance(emb, nn.Module):
+                return emb
+        current = unwrap_once(current)
+        if current is None:
+            break
+    raise TypeError(
+        f"cannot find the output embeddings of {type(model).__name__}: expected a transformers "
+        "model (get_output_embeddings) or a wrapper exposing it as .module or .model"
+    )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .flags import fail, parse_cli_flags
-from .hosts import HostVersionError, require_host
+from .versions import HostVersionError, require_host
 
 __all__ = ["run_host_cli"]
 

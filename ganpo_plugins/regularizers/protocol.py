@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .config import MASK_MODES, MaskMode
+from ..config import MASK_MODES, MaskMode
 
 Metrics = dict[str, float]
 
@@ -194,7 +194,10 @@ class RegularizerContext:
     """What a regularizer factory learns from the host when it is built.
 
     ``process_group``: the data-parallel group to reduce over (``None``: the default group
-    when ``torch.distributed`` is initialised, else no reduction).
+    when ``torch.distributed`` is initialised, else no reduction). ``components``: the registered
+    objects the config names, keyed as its ``registered_names()`` (``"discriminator.kind"``),
+    resolved by the plugins layer that builds the regularizer
+    (:func:`~ganpo_plugins.plugins.build.build_regularizer`); a regularizer never looks a name up itself.
     """
 
     hidden_size: int
@@ -206,6 +209,7 @@ class RegularizerContext:
     device: torch.device | str = "cpu"
     seed: int = 0
     process_group: Any = None
+    components: Mapping[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -219,7 +223,7 @@ class LatentRegularizer(Protocol):
       whatever the regularizer learns (its own parameters only: it must detach the policy
       latents), accumulates gradients scaled by ``1 / info.accumulation_steps``, steps its own
       optimiser when ``info.is_boundary``, and keeps every rank of its process group identical.
-      :class:`~ganpo_plugins.learned.LearnedRegularizer` does all of that for a subclass.
+      :class:`~ganpo_plugins.regularizers.learned.LearnedRegularizer` does all of that for a subclass.
     - ``policy_term`` returns the already-weighted term to add to the policy loss; its gradient
       reaches the policy only through ``policy_*`` latents, never the reference latents or the
       regularizer's parameters. Adapters also call it under ``torch.no_grad()`` in evaluation

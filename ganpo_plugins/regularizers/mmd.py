@@ -2,7 +2,7 @@
 
 It has no parameters and learns nothing; it exists to show that the protocol is not tied to
 discriminators. ``L_reg = MMD²(pool h_θ+, pool h_r+) + MMD²(pool h_θ−, pool h_r−)`` over the
-pairs of a micro-batch, with :func:`ganpo_plugins.functional.rbf_mmd2` and masked mean pooling.
+pairs of a micro-batch, with :func:`ganpo_plugins.formulas.functional.rbf_mmd2` and masked mean pooling.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from .config import RegularizerConfig
-from .functional import masked_mean, rbf_mmd2
+from ..config import RegularizerConfig
+from ..formulas.functional import masked_mean, rbf_mmd2
 from .protocol import LatentBatch, Metrics, RegularizerContext, RegularizerOutput, StepInfo
 
 __all__ = ["MMDConfig", "MMDOptions", "MMDRegularizer"]

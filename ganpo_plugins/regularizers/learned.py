@@ -6,7 +6,7 @@ schedule that follows the policy's, stepping only at gradient-accumulation bound
 data-parallel gradient averaging and re-sync, skipping non-finite updates, and the state of all
 of that. A subclass writes only its method: :meth:`~LearnedRegularizer.build_discriminators`,
 :meth:`~LearnedRegularizer.discriminator_loss` and ``policy_term`` (GANPO:
-:class:`~ganpo_plugins.ganpo.GANPORegularizer`).
+:class:`~ganpo_plugins.regularizers.ganpo.GANPORegularizer`).
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import LearnedConfig
+from ..config import LearnedConfig
+from ..formulas.functional import lr_schedule_factor
 from .distributed import all_reduce_sum, average_gradients, broadcast_buffers, data_parallel_group, resync_if_diverged
-from .functional import lr_schedule_factor
 from .protocol import LatentBatch, Metrics, RegularizerContext, RegularizerOutput, StepInfo
 
 __all__ = ["LearnedRegularizer"]
 
 
 class LearnedRegularizer(ABC):
-    """Base of a :class:`~ganpo_plugins.protocol.LatentRegularizer` that trains modules of its own.
+    """Base of a :class:`~ganpo_plugins.regularizers.protocol.LatentRegularizer` that trains modules of its own.
 
     Its ``config_model`` subclasses :class:`~ganpo_plugins.config.LearnedConfig` (the
     ``optimizer:`` keys). Per training micro-step, :meth:`update` runs

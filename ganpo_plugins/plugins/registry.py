@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 HOSTS_GROUP = "ganpo_plugins.hosts"
-BUILTIN = "ganpo_plugins.builtin"
+BUILTIN = "ganpo_plugins.builtin"  # the built-in plugin's name in messages (unchanged since 0.1)
 
 Kind = Literal["regularizer", "discriminator", "preference_loss"]
 _HOOKS: dict[str, str] = {

@@ -2,8 +2,8 @@
 wrapped or set on host objects, and ``detach()`` undoing it.
 
 A host adapter subclasses :class:`Attachment`, lists its seams in ``WRAPPED`` (the one place a
-reader finds every host object it changes) and installs them with :meth:`Attachment._wrap` and
-:meth:`Attachment._set`; ``detach()`` undoes the ledger in reverse order, removes the hooks and
+reader finds every host object it changes) and installs them with :meth:`Attachment.wrap` and
+:meth:`Attachment.set_attribute`; ``detach()`` undoes the ledger in reverse order, removes the hooks and
 frees the trainer for another attachment.
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from .config import RegularizerConfig
+from ..config import RegularizerConfig
 from .runner import RegularizerRunner
 
 __all__ = ["Attachment"]
@@ -48,12 +49,12 @@ class Attachment:
         self.runner: RegularizerRunner | None = None
         self._ledger: list[tuple[Any, str, Any]] = []
 
-    def _set(self, target: Any, name: str, value: Any) -> None:
+    def set_attribute(self, target: Any, name: str, value: Any) -> None:
         """Set ``target.name`` (an instance attribute); ``detach()`` puts back what was there."""
         self._ledger.append((target, name, vars(target).get(name, _ABSENT)))
         setattr(target, name, value)
 
-    def _wrap(self, target: Any, wrappers: Mapping[str, Callable[..., Any]]) -> None:
+    def wrap(self, target: Any, wrappers: Mapping[str, Callable[..., Any]]) -> None:
         """Make each named method of ``target`` call ``wrapper(original, *args, **kwargs)`` (an
         instance attribute); refuse, naming the host version, when the host object lacks one. The
         first wrap marks the trainer as attached, so an attach refused before it leaves nothing."""
@@ -64,9 +65,19 @@ class Attachment:
                 "this version changed it (see `python -m ganpo_plugins doctor` for the supported and tested versions)"
             )
         if getattr(self.trainer, _MARK, None) is not self:
-            self._set(self.trainer, _MARK, self)
+            self.set_attribute(self.trainer, _MARK, self)
         for name, wrapper in wrappers.items():
-            self._set(target, name, functools.partial(wrapper, getattr(target, name)))
+            self.set_attribute(target, name, functools.partial(wrapper, getattr(target, name)))
+
+    def _wrap(self, target: Any, wrappers: Mapping[str, Callable[..., Any]]) -> None:
+        """0.1's name of :meth:`wrap` (a third-party adapter's); deprecated."""
+        warnings.warn("Attachment._wrap is now Attachment.wrap", DeprecationWarning, stacklevel=2)
+        self.wrap(target, wrappers)
+
+    def _set(self, target: Any, name: str, value: Any) -> None:
+        """0.1's name of :meth:`set_attribute` (a third-party adapter's); deprecated."""
+        warnings.warn("Attachment._set is now Attachment.set_attribute", DeprecationWarning, stacklevel=2)
+        self.set_attribute(target, name, value)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write the regularizer state into ``directory`` (what every checkpoint gets)."""

@@ -1,7 +1,7 @@
 """Hook specifications: the extension points of ganpo-plugins.
 
 A plugin is a module or object with functions decorated by :data:`hookimpl` whose names match
-the specs below. The built-ins (:mod:`ganpo_plugins.builtin`) register through exactly these
+the specs below. The built-ins (:mod:`ganpo_plugins.plugins.builtin`) register through exactly these
 hooks. A third-party package exposes its plugin under the entry-point group
 ``ganpo_plugins``; the entry point's *name* is the name a config uses, and the plugin is
 imported only when a config asks for that name::
@@ -16,15 +16,15 @@ Factories:
   :class:`ganpo_plugins.config.RegularizerConfig`; the common keys only when it declares none)
 - discriminator: ``factory(input_size: int, config: GANPOConfig) -> nn.Module`` mapping
   ``(hidden [B, T, H], mask [B, T])`` to scores ``[B]``
-- preference loss: a :class:`ganpo_plugins.preference.PreferenceLoss`
+- preference loss: a :class:`ganpo_plugins.formulas.preference.PreferenceLoss`
 
 Names must be unique across plugins: a plugin that contributes a name another plugin already
 contributes is refused when it loads (the error names both plugins). Observers of
-``ganpo_step_metrics`` are loaded by name with :func:`ganpo_plugins.registry.load_observers`.
+``ganpo_step_metrics`` are loaded by name with :func:`ganpo_plugins.plugins.registry.load_observers`.
 
 Host adapters implement :func:`ganpo_attach` in a module exposed under the separate entry-point
 group ``ganpo_plugins.hosts``; every adapter there is loaded when a trainer is to be claimed
-(:func:`ganpo_plugins.registry.load_host_adapters`)::
+(:func:`ganpo_plugins.plugins.registry.load_host_adapters`)::
 
     [project.entry-points."ganpo_plugins.hosts"]
     my_host = "my_package.host_adapter"
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .preference import PreferenceLoss
+    from ..formulas.preference import PreferenceLoss
 
 PROJECT = "ganpo_plugins"
 
@@ -50,7 +50,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def ganpo_regularizers() -> Mapping[str, Callable[..., Any]]:
     """Contribute latent regularizers: ``{name: factory(config, context)}``.
 
-    The factory returns an object satisfying :class:`ganpo_plugins.protocol.LatentRegularizer`.
+    The factory returns an object satisfying :class:`ganpo_plugins.regularizers.protocol.LatentRegularizer`.
     Names must be unique across all plugins.
     """
 

@@ -1,12 +1,12 @@
 """GANPO's keys: the discriminators, their optimiser, the running means (``config_model`` of
-:class:`~ganpo_plugins.ganpo.GANPORegularizer`). They sit at the top of the ``ganpo:`` block,
+:class:`~ganpo_plugins.regularizers.ganpo.GANPORegularizer`). They sit at the top of the ``ganpo:`` block,
 beside the common keys of :class:`~ganpo_plugins.config.RegularizerConfig`."""
 
 from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from .config import ConfigModel, LearnedConfig
+from ..config import ConfigModel, LearnedConfig
 
 __all__ = ["DiscriminatorConfig", "GANPOConfig"]
 

@@ -1,7 +1,7 @@
 """Base preference losses as registry entries: the GPO family and SimPO.
 
 Adapters give a :class:`PairLogps` built from the host's own log-probabilities and get the
-per-example loss; the math lives in :mod:`ganpo_plugins.functional`.
+per-example loss; the math lives in :mod:`ganpo_plugins.formulas.functional`.
 """
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ganpo_plugins import hookimpl
-from ganpo_plugins.hosts import host_class
+from ganpo_plugins.adapter_kit import hookimpl, host_class
 
 
 @hookimpl
