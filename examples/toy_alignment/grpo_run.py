@@ -10,7 +10,8 @@ discriminator) — × 5 seeds, each a real ``trl.GRPOTrainer`` run from the offl
 arms add the regularizer with ``ganpo_plugins.attach`` (sides by advantage sign; docs/methods.md).
 Evaluation is the offline study's (oracle reward of samples at T ∈ {0.5, 1.0, 1.5}; Pearson r of D+/D−
 with the oracle at 1.5) plus the KL to the SFT reference, a Monte-Carlo estimate from samples at T = 1.
-Each finished run is cached (``--cache``/grpo_runs), so an interrupted study resumes where it stopped.
+Each finished run is cached (``--cache``/grpo_runs), so an interrupted study resumes where it stopped;
+``--report-only`` writes the report from the runs finished so far.
 Writes ``grpo_results.json``, ``grpo_results.md`` and ``grpo_*.png`` into ``--out``.
 """
 
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default: 80)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the finished runs only")
     args = parser.parse_args(argv)
 
     sizes = tp.TINY if args.tiny else tp.FULL
@@ -204,18 +206,29 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     import trl
 
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
     sft_dir, _ = run.sft_and_pairs(sizes, args.cache, log)
-    tokenizer, sft_model, runs = run.sft_baseline(sft_dir, sizes, log)
-    for row in runs:
-        row["kl"] = 0.0
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(sft_dir)
+    sft_model = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
     done_dir = args.cache / "grpo_runs" / ("tiny" if args.tiny else "full")
     done_dir.mkdir(parents=True, exist_ok=True)
+    runs: list[dict] = []
     for seed in sizes.seeds:
-        for arm in args.arms:
-            done = done_dir / f"{arm}-{seed}-{settings.steps}.json"
+        for arm in ["sft", *args.arms]:
+            done = done_dir / (f"sft-{seed}.json" if arm == "sft" else f"{arm}-{seed}-{settings.steps}.json")
             if done.exists():
                 runs.append(json.loads(done.read_text()))
                 log(f"{arm:14s} seed {seed}: cached")
+                continue
+            if args.report_only:
+                continue
+            if arm == "sft":  # the start point every arm is compared with, on the same draws
+                row = {"method": "sft", "arm": "sft", "seed": seed, "train_s": 0.0, "kl": 0.0}
+                row.update(tp.evaluate(sft_model, sft_model, tokenizer, sizes, seed, None))
+                row.pop("scatter", None)
+                done.write_text(json.dumps(row))
+                runs.append(row)
                 continue
             t0 = time.time()
             policy, trainer, attachment = train_grpo(arm, sft_dir, sizes, settings, seed, args.cache / "trainer" / arm)
