@@ -205,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     run.quiet_libraries()
     import transformers
     import trl
-
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     sft_dir, _ = run.sft_and_pairs(sizes, args.cache, log)
