@@ -18,6 +18,18 @@ Each host runs its real training loop in a subprocess, the same model, data and 
 - TRL: ``python benchmarks/ganpo_bench_trl.py``, TRL's own ``DPOTrainer`` (fp32, sdpa, gradient
   checkpointing as TRL defaults it), with the step probe as a ``TrainerCallback`` and, in the
   GANPO runs, ``ganpo_plugins.attach(trainer, ...)``.
+- TRL GRPO (``--hosts trl-grpo``): ``python benchmarks/ganpo_bench_trl_grpo.py``, TRL's own
+  ``GRPOTrainer`` at β = 0 (transformers generation, ``--batch`` prompts × 4 completions of at
+  most ``--seq``/2 tokens per step), two alternated runs: plain GRPO and GRPO + GANPO (mask
+  response; the reference a frozen copy of the initial policy, since TRL loads none at β = 0). Its
+  FLOP bound, per micro-batch of N completions of padded length T with L completion positions,
+  not counting generation (so an upper bound on the ratio)::
+
+      GRPO  = 3 · N · T · F_lm(T)                   policy forward + backward
+      GANPO = N · T · F_lm(T) + 11 · N · L · F_D(L) the adapter's reference forward; D step: 3N
+                                                    sequences (each side's real and fake, the other
+                                                    side's real) × 3, generator N × 2
+      bound = 1 + (T · F_lm(T) + 11 · L · F_D(L)) / (3 · T · F_lm(T))
 
 Four runs per round, alternated (plain, GANPO mask response, GANPO mask none, GANPO + savage,
 plain, ...), so load from other processes falls on all of them alike. The savage run is GANPO
@@ -120,6 +132,12 @@ RUNS = (
     RunKind("GANPO (mask none)", "none", {"mask": "none"}),
     RunKind(SAVAGE, "savage", {"mask": "response", "preference_loss": "savage"}),
 )
+PLAIN_GRPO = "plain GRPO"
+GRPO_GENERATIONS = 4  # completions per prompt in the GRPO runs
+GRPO_RUNS = (
+    RunKind(PLAIN_GRPO, "grpo-plain", None),
+    RunKind("GRPO + GANPO (mask response)", "grpo-ganpo", {"mask": "response"}),
+)
 WORDS = "red green blue cyan amber black white gold pink gray lime teal navy plum rose sand".split()
 OPENRLHF_TEMPLATE = "User: {}\nAssistant: "
 # Offline, no telemetry: the repository's offline.env (KEY=VALUE lines, # comments).
@@ -212,6 +230,13 @@ def flop_bound(model: dict[str, Any], disc: Any, seq: float, positions: float) -
     """``1 + 22 · L · F_D(L) / (8 · T · F_lm(T))``."""
     ganpo = 22 * positions * disc_flops_per_position(model["hidden_size"], disc, positions)
     return 1 + ganpo / (8 * seq * lm_flops_per_token(model, seq))
+
+
+def grpo_flop_bound(model: dict[str, Any], disc: Any, seq: float, positions: float) -> float:
+    """``1 + (T · F_lm(T) + 11 · L · F_D(L)) / (3 · T · F_lm(T))`` (module docstring, GRPO)."""
+    lm = seq * lm_flops_per_token(model, seq)
+    ganpo = 11 * positions * disc_flops_per_position(model["hidden_size"], disc, positions)
+    return 1 + (lm + ganpo) / (3 * lm)
 
 
 def logprob_flop_ratio(model: dict[str, Any], seq: float, completion_per_pair: float) -> float:
@@ -464,7 +489,59 @@ class TRLHost:
         return code, wall, rss, probe, (out / STATE_FILE).exists()
 
 
-HOSTS = {"axolotl": AxolotlHost, "openrlhf": OpenRLHFHost, "trl": TRLHost}
+class TRLGRPOHost:
+    """TRL's ``GRPOTrainer`` (β = 0): plain GRPO vs GRPO + GANPO, alternated, same seed. ``--batch``
+    is the number of prompts per step, each with ``GRPO_GENERATIONS`` completions of at most
+    ``--seq``/2 tokens."""
+
+    name = "trl-grpo"
+    runs = GRPO_RUNS
+
+    def __init__(self, python: str, opts: argparse.Namespace, model: Path, data: Path) -> None:
+        self.python, self.opts, self.model, self.data = python, opts, model, data
+        self.env = _env(opts.threads, [BENCH])
+        self.max_completion = opts.seq // 2
+        self.title = (
+            f"TRL {_version(python, 'trl')} (trl.GRPOTrainer via benchmarks/ganpo_bench_trl_grpo.py, beta 0, fp32, "
+            f"sdpa, transformers generation, {opts.batch} prompts x {GRPO_GENERATIONS} completions of at most "
+            f"{self.max_completion} tokens per step; transformers {_version(python, 'transformers')}, "
+            f"torch {_version(python, 'torch')})"
+        )
+
+    def available(self) -> str | None:
+        return TRLHost.available(self)  # type: ignore[arg-type]
+
+    def run(self, folder: Path, kind: RunKind) -> tuple[int, float, float, dict[str, Any], bool]:
+        o, out = self.opts, folder / "out"
+        cmd = [
+            self.python, str(BENCH / "ganpo_bench_trl_grpo.py"),
+            "--model", str(self.model),
+            "--data", str(self.data),
+            "--output-dir", str(out),
+            "--prompts", str(o.batch),
+            "--generations", str(GRPO_GENERATIONS),
+            "--max-completion", str(self.max_completion),
+            "--steps", str(o.steps),
+        ]  # fmt: skip
+        if kind.ganpo is not None:
+            cmd += ["--ganpo", json.dumps(ganpo_block(o, kind))]
+        code, wall, rss = _launch(cmd, self.env, folder, folder / "log.txt", o.run_timeout)
+        probe = json.loads((out / PROBE_FILE).read_text()) if (out / PROBE_FILE).exists() else {}
+        return code, wall, rss, probe, (out / STATE_FILE).exists()
+
+    def bounds(self, model_cfg: dict, disc: Any, seq: float, shapes: list[list[int]]) -> tuple[dict[str, float], str]:
+        # The discriminators see the completion positions: at most the generated length.
+        longest = float(self.max_completion)
+        bound = grpo_flop_bound(model_cfg, disc, seq, min(longest, seq))
+        note = (
+            f"FLOP bound (GRPO, generation not counted, so an upper bound) = 1 + (T·F_lm(T) + 11·L·F_D(L)) / "
+            f"(3·T·F_lm(T)) with L = {longest:g} (the completion length): the adapter's reference forward "
+            "(β = 0: TRL runs none) and the discriminators, over the policy's forward + backward"
+        )
+        return {PLAIN_GRPO: 1.0, GRPO_RUNS[1].name: bound}, note
+
+
+HOSTS = {"axolotl": AxolotlHost, "openrlhf": OpenRLHFHost, "trl": TRLHost, "trl-grpo": TRLGRPOHost}
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -485,7 +562,8 @@ def _median(values: list[float]) -> float:
 def summarise(host: Any, runs: list[Run], opts: argparse.Namespace, model_cfg: dict, lengths: list) -> dict:
     from ganpo_plugins import parse_config
 
-    disc = parse_config(ganpo_block(opts, RUNS[1])).discriminator
+    kinds = getattr(host, "runs", RUNS)
+    disc = parse_config(ganpo_block(opts, kinds[1])).discriminator
     shapes = [s for r in runs for s in r.probe.get("policy_input_shapes", [])]
     seq = statistics.median(s[1] for s in shapes) if shapes else float(opts.seq)
     longest = expected_longest_response(lengths, opts.batch)
@@ -498,8 +576,11 @@ def summarise(host: Any, runs: list[Run], opts: argparse.Namespace, model_cfg: d
         "GANPO (mask none)": flop_bound(model_cfg, disc, seq, seq),
         SAVAGE: response_bound + logprob_share,
     }
+    note = None
+    if hasattr(host, "bounds"):
+        bounds, note = host.bounds(model_cfg, disc, seq, shapes)
     rows: dict[str, dict[str, Any]] = {}
-    for kind in RUNS:
+    for kind in kinds:
         group = [r for r in runs if r.name == kind.name]
         rows[kind.name] = {
             "s_per_step": _median([t for r in group for t in r.kept(opts.warmup)]),
@@ -512,7 +593,7 @@ def summarise(host: Any, runs: list[Run], opts: argparse.Namespace, model_cfg: d
             "maxrss_with_children_mib": _median([r.maxrss_with_children_mib for r in group]),
             "flop_bound": bounds[kind.name],
         }
-    plain = rows[PLAIN]
+    plain = rows[kinds[0].name]
     for row in rows.values():
         row["time_ratio"] = row["s_per_step"] / plain["s_per_step"]
         row["round_ratios"] = [a / b for a, b in zip(row["round_medians"], plain["round_medians"], strict=True)]
@@ -523,9 +604,10 @@ def summarise(host: Any, runs: list[Run], opts: argparse.Namespace, model_cfg: d
     step_loads = [s["load1"] for r in runs for s in r.probe.get("steps", [])[opts.warmup :]]
     print(f"\n## {host.title}")
     print(
-        f"{len(runs) // len(RUNS)} round(s) x {len(RUNS)} alternated runs, {opts.steps} steps each, first "
-        f"{opts.warmup} dropped; batch {opts.batch} pairs; OMP_NUM_THREADS={opts.threads}; measured padded "
-        f"length T = {seq:g} (policy input [2B, T]); expected longest response L = {longest:.1f} tokens"
+        f"{len(runs) // len(kinds)} round(s) x {len(kinds)} alternated runs, {opts.steps} steps each, first "
+        f"{opts.warmup} dropped; batch {opts.batch} {'prompts' if note else 'pairs'}; OMP_NUM_THREADS={opts.threads}; "
+        f"measured padded length T = {seq:g} (policy input [N, T])"
+        + ("" if note else f"; expected longest response L = {longest:.1f} tokens")
     )
     print(
         f"1-min load average at the kept steps: median {_median(step_loads):.2f}, "
@@ -544,6 +626,9 @@ def summarise(host: Any, runs: list[Run], opts: argparse.Namespace, model_cfg: d
             f"| {row['process_peak_mib']:.0f} |"
         )
     f_lm, f_d = lm_flops_per_token(model_cfg, seq), disc_flops_per_position(model_cfg["hidden_size"], disc, longest)
+    if note is not None:
+        print(f"\n{note}; F_lm(T={seq:g}) = {f_lm / 1e6:.1f} MFLOP/token")
+        return {"host": host.name, "title": host.title, "seq": seq, "rows": rows}
     print(
         f"\nFLOP bound = 1 + 22·L·F_D(L) / (8·T·F_lm(T)): F_lm(T={seq:g}) = {f_lm / 1e6:.1f} MFLOP/token, "
         f"F_D(L={longest:.1f}) = {f_d / 1e6:.2f} MFLOP/position, "
@@ -558,7 +643,7 @@ def summarise(host: Any, runs: list[Run], opts: argparse.Namespace, model_cfg: d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny model and few steps (CI smoke test, 0.5-2 min)")
-    parser.add_argument("--hosts", default="axolotl,openrlhf", help="comma-separated: axolotl, openrlhf, trl")
+    parser.add_argument("--hosts", default="axolotl,openrlhf", help="comma-separated: axolotl, openrlhf, trl, trl-grpo")
     parser.add_argument("--axolotl-python", default=sys.executable, help="interpreter with Axolotl installed")
     parser.add_argument("--openrlhf-python", default=sys.executable, help="interpreter with OpenRLHF installed")
     parser.add_argument("--trl-python", default=sys.executable, help="interpreter with TRL installed")
@@ -598,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {cpu}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={opts.threads}, load average {_loads()}")
 
     results = []
-    pythons = {"axolotl": opts.axolotl_python, "openrlhf": opts.openrlhf_python, "trl": opts.trl_python}
+    pythons = {"axolotl": opts.axolotl_python, "openrlhf": opts.openrlhf_python, "trl": opts.trl_python,
+               "trl-grpo": opts.trl_python}  # fmt: skip
     for host_name in hosts:
         host = HOSTS[host_name](pythons[host_name], opts, model, data)
         missing = host.available()
@@ -608,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         runs: list[Run] = []
         for rnd in range(1, opts.rounds + 1):
-            for kind in RUNS:
+            for kind in getattr(host, "runs", RUNS):
                 name = kind.name
                 folder = opts.workdir / host_name / f"r{rnd}-{kind.slug}"
                 shutil.rmtree(folder, ignore_errors=True)

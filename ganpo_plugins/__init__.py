@@ -38,6 +38,7 @@ _EXPORTS = {
     "RegularizerOutput": "regularizers.protocol",
     "RegularizerRunner": "adapter_kit.runner",
     "StepInfo": "regularizers.protocol",
+    "UnpairedLatentBatch": "regularizers.protocol",
     "attach": "plugins.dispatch",
     "build_regularizer": "plugins.build",
     "hookimpl": "plugins.hookspecs",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ganpo_plugins import GANPORegularizer, LatentBatch, RegularizerContext, parse_config
+from ganpo_plugins import GANPORegularizer, LatentBatch, RegularizerContext, UnpairedLatentBatch, parse_config
 
 H = 8
 
@@ -24,17 +24,24 @@ def make_regularizer(**overrides) -> GANPORegularizer:
     return GANPORegularizer(make_config(**overrides), ctx)
 
 
-def make_batch(seed: int, b: int = 3, t: int = 7, requires_grad: bool = True) -> LatentBatch:
-    """Policy latents are leaf tensors, so tests can read their ``.grad``."""
+def make_batch(
+    seed: int, b: int = 3, t: int = 7, requires_grad: bool = True, b_rejected: int | None = None
+) -> LatentBatch:
+    """Policy latents are leaf tensors, so tests can read their ``.grad``. ``b_rejected``: the
+    rejected side's size, for unpaired sides (online RL; an :class:`UnpairedLatentBatch`)."""
     g = torch.Generator().manual_seed(seed)
-    policy_c, policy_r, ref_c, ref_r = (torch.randn(b, t, H, generator=g) for _ in range(4))
-    attention = torch.ones(b, t, dtype=torch.bool)
-    attention[0, -2:] = False  # right padding on one row
-    response = torch.zeros(b, t, dtype=torch.bool)
-    response[:, 3:] = True
-    return LatentBatch(
+    sizes = (b, b if b_rejected is None else b_rejected)
+    policy_c, policy_r, ref_c, ref_r = (torch.randn(sizes[i % 2], t, H, generator=g) for i in range(4))
+    attention, response = [], []
+    for n in sizes:
+        attention.append(torch.ones(n, t, dtype=torch.bool))
+        attention[-1][:1, -2:] = False  # right padding on the first row
+        response.append(torch.zeros(n, t, dtype=torch.bool))
+        response[-1][:, 3:] = True
+    kind = LatentBatch if b_rejected is None else UnpairedLatentBatch
+    return kind(
         policy_c.requires_grad_(requires_grad), policy_r.requires_grad_(requires_grad), ref_c, ref_r,
-        attention, attention.clone(), response, response.clone(),
+        attention[0], attention[1], response[0], response[1],
     )  # fmt: skip
 
 

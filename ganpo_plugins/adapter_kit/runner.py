@@ -19,7 +19,7 @@ import dataclasses
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,17 +108,24 @@ class RegularizerRunner:
         """Run one micro-step and return the weighted term to add to the policy loss.
 
         ``info`` is ``None`` in evaluation: no update, only the term (computed without gradient).
-        The regularizer sees zeros at the positions its ``mask`` does not select, and a non-finite
-        term is replaced by a constant zero (``ganpo/term_skipped``), so whatever a regularizer
-        does, no NaN or inf reaches the policy's loss or gradients.
+        A batch with an empty side gets no term (a constant zero, ``ganpo/term_skipped``; a learned
+        regularizer's ``update`` skips it too). The regularizer sees zeros at the positions its
+        ``mask`` does not select, and a non-finite term is replaced by a constant zero
+        (``ganpo/term_skipped``), so whatever a regularizer does, no NaN or inf reaches the policy's
+        loss or gradients.
         """
         split = "eval" if info is None else "train"
         batch = _zero_unseen(batch, self.regularizer.mask)
         metrics = {} if info is None else dict(self.regularizer.update(batch, info))
-        with torch.no_grad() if info is None else contextlib.nullcontext():
-            out = self.regularizer.policy_term(batch)
-        metrics.update(out.metrics)
-        loss = out.loss
+        if batch.has_empty_side(self.regularizer.mask):
+            # Online RL: every advantage of one sign (or zero). No term, no NaN from a mean over nothing.
+            loss = batch.policy_chosen.new_zeros(())
+            metrics["term_skipped"] = 1.0
+        else:
+            with torch.no_grad() if info is None else contextlib.nullcontext():
+                out = self.regularizer.policy_term(batch)
+            metrics.update(out.metrics)
+            loss = out.loss
         if bool(torch.isfinite(loss).all()):
             metrics.setdefault("term_skipped", 0.0)
         else:
@@ -140,6 +147,13 @@ class RegularizerRunner:
             self._sums[split][key] += value
             self._counts[split][key] += 1
         return loss
+
+    def record(self, metrics: Mapping[str, float], split: str = "train") -> None:
+        """Add an adapter's own per-micro-step metrics (e.g. how many completions fed each side):
+        averaged, prefixed and logged with the regularizer's by :meth:`pop_metrics`."""
+        for key, value in metrics.items():
+            self._sums[split][key] += float(value)
+            self._counts[split][key] += 1
 
     def pop_metrics(self, split: str = "train", step: int | None = None) -> dict[str, float]:
         """Means of the metrics since the last pop, named ``ganpo/<metric>``, averaged over the

@@ -68,7 +68,7 @@ HOSTS: dict[str, HostSupport] = {
             "1.9.0",
             "2",
             (("1.9.0", "3.11", "2026-11-29"), ("1.14.1", "3.12", "2026-11-29"), ("1.16.0", "3.11", "2026-11-29")),
-            "DPO, IPO, SimPO (CPO), online DPO, LoRA, precomputed reference log-probs, every GPO kind, "
+            "DPO, IPO, SimPO (CPO), online DPO, GRPO and RLOO, LoRA, precomputed reference log-probs, every GPO kind, "
             "accumulation, evaluation, checkpoints and resume, 2-process DDP (1.9)",
         ),
         HostSupport(
@@ -76,7 +76,7 @@ HOSTS: dict[str, HostSupport] = {
             "0.19.0",
             None,
             (("0.19.0", "3.11", "2026-11-29"), ("0.21.0", "3.12", "2026-11-29")),
-            "rl: dpo / ipo / simpo, LoRA, GPO kinds, precomputed reference, resume, kill and resume (0.19), "
+            "rl: dpo / ipo / simpo / grpo, LoRA, GPO kinds, precomputed reference, resume, kill and resume (0.19), "
             "APO reward model (0.19)",
         ),
         HostSupport(

@@ -85,21 +85,28 @@ class GANPORegularizer(LearnedRegularizer):
 
     def _select(self, batch: LatentBatch) -> tuple[list[tuple[Tensor, Tensor]], bool]:
         """Compact the four latents to their selected positions: ``[(h, mask)]`` in the order
-        (r+, θ+, r−, θ−), dropping pairs where either side selects nothing. The flag is false
-        when nothing usable is left or a selected value is not finite."""
+        (r+, θ+, r−, θ−), dropping the rows that select nothing: the whole pair in a paired batch,
+        the row alone in an unpaired one (whose sides may differ in size). The flag is false when a
+        side has no row left (an empty side: the runner counts it) or a selected value is not finite."""
         mask_c, mask_r = batch.positions(self.mask)
-        keep = mask_c.any(1) & mask_r.any(1)
-        if not bool(keep.any()):
-            self._warn_once(
-                "empty", "GANPO: a batch had no selected positions in any pair; its regularizer step was skipped"
-            )
+        keep_c, keep_r = mask_c.any(1), mask_r.any(1)
+        if batch.paired:
+            keep_c = keep_r = keep_c & keep_r
+        if not (bool(keep_c.any()) and bool(keep_r.any())):
+            # A side with no rows is routine online (every advantage of one sign); rows that select
+            # nothing (e.g. empty responses under mask: response) are worth a word.
+            if any(keep.numel() and not bool(keep.any()) for keep in (keep_c, keep_r)):
+                message = (
+                    "GANPO: a side of a batch had rows but no selected positions; its regularizer step was skipped"
+                )
+                self._warn_once("empty", message)
             return [], False
         parts = []
-        for hidden, mask in (
-            (batch.ref_chosen, mask_c),
-            (batch.policy_chosen, mask_c),
-            (batch.ref_rejected, mask_r),
-            (batch.policy_rejected, mask_r),
+        for hidden, mask, keep in (
+            (batch.ref_chosen, mask_c, keep_c),
+            (batch.policy_chosen, mask_c, keep_c),
+            (batch.ref_rejected, mask_r, keep_r),
+            (batch.policy_rejected, mask_r, keep_r),
         ):
             h, m = compact_positions(hidden[keep], mask[keep], self.config.max_positions)
             parts.append((h.float(), m))
@@ -119,7 +126,8 @@ class GANPORegularizer(LearnedRegularizer):
         scores = {}
         for side in SIDES:
             hidden, mask = pad_and_stack([(h.detach(), m) for h, m in inputs[side]])
-            scores[side] = tuple(self.discriminators[side](hidden, mask).chunk(3))
+            sizes = [h.shape[0] for h, _ in inputs[side]]
+            scores[side] = tuple(self.discriminators[side](hidden, mask).split(sizes))
         return scores
 
     def discriminator_loss(self, batch: LatentBatch) -> tuple[Tensor, Metrics] | None:

@@ -95,7 +95,8 @@ class LearnedRegularizer(ABC):
     def discriminator_loss(self, batch: LatentBatch) -> tuple[Tensor, Metrics] | None:
         """The learned modules' loss on one micro-batch and its metrics, or ``None`` to skip the
         batch (counted in ``skipped``). Runs in train mode, under the own RNG, autocast off. It
-        must detach the policy latents; every rank calls it, so it may join collectives."""
+        must detach the policy latents; every rank calls it, so it may join collectives. The sides
+        may differ in size; a batch with an empty side is skipped whatever this returns."""
 
     @abstractmethod
     def policy_term(self, batch: LatentBatch) -> RegularizerOutput:
@@ -210,7 +211,9 @@ class LearnedRegularizer(ABC):
     def _learn(self, batch: LatentBatch, loss_scale: float) -> Metrics:
         self.discriminators.train()
         with torch.autocast(self.device.type, enabled=False), self._own_rng():
-            out = self.discriminator_loss(batch)
+            out = self.discriminator_loss(batch)  # on every rank, even for an empty side: it may join collectives
+        if batch.has_empty_side(self.mask):  # online RL, all advantages of one sign: nothing to learn
+            out = None
         if out is not None and not bool(torch.isfinite(out[0])):
             self._warn_once("nonfinite_loss", f"{self.label}: non-finite discriminator loss; update skipped")
             out = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -24,11 +24,13 @@ Metrics = dict[str, float]
 
 @dataclass(frozen=True)
 class LatentBatch:
-    """Last-layer hidden states of one micro-batch of preference pairs.
+    """Last-layer hidden states of one micro-batch, in two sides: chosen and rejected.
 
     ``policy_*`` carry gradient into the policy; ``ref_*`` come from the frozen reference
-    (no gradient). All four are ``[B, T, H]``; the masks are ``[B, T]`` booleans:
-    ``attention_*`` marks real (non-padding) tokens, ``response_*`` the response tokens.
+    (no gradient). A side's two latents are ``[B_side, T, H]`` and its masks ``[B_side, T]``
+    booleans: ``attention_*`` marks real (non-padding) tokens, ``response_*`` the response tokens.
+    Offline preference pairs give sides of one size (row ``i`` of each side is one pair); online RL
+    gives unpaired sides that may differ in size or be empty (:meth:`from_sides`).
     """
 
     policy_chosen: Tensor
@@ -39,9 +41,16 @@ class LatentBatch:
     attention_rejected: Tensor
     response_chosen: Tensor
     response_rejected: Tensor
+    #: Row ``i`` of each side is one pair (offline); :class:`UnpairedLatentBatch` says otherwise.
+    paired: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         # A mask of the wrong shape would broadcast or index silently: refuse it by name.
+        if self.paired and self.policy_chosen.shape[0] != self.policy_rejected.shape[0]:
+            raise ValueError(
+                f"LatentBatch: paired sides of {self.policy_chosen.shape[0]} and {self.policy_rejected.shape[0]} rows; "
+                "sides of different sizes are unpaired: build them with LatentBatch.from_sides"
+            )
         for side in ("chosen", "rejected"):
             name = f"policy_{side}"
             policy = getattr(self, name)
@@ -71,6 +80,41 @@ class LatentBatch:
         sc, sr = response_mask.bool().chunk(2)
         return cls(pc, pr, rc, rr, ac, ar, sc, sr)
 
+    @classmethod
+    def from_sides(
+        cls,
+        policy: Tensor,
+        ref: Tensor,
+        attention_mask: Tensor,
+        response_mask: Tensor,
+        chosen: Tensor,
+        rejected: Tensor,
+    ) -> UnpairedLatentBatch:
+        """Unpaired sides of host tensors ``[N, T, ...]``: the rows ``chosen`` and ``rejected`` select
+        (boolean ``[N]`` masks, disjoint; a row in neither joins no side). GRPO/RLOO: chosen = positive
+        advantage, rejected = negative (docs/methods.md)."""
+        if policy.shape[:2] != ref.shape[:2]:
+            raise ValueError(f"policy {tuple(policy.shape)} and reference {tuple(ref.shape)} latents differ in shape")
+        for name, mask in (("attention_mask", attention_mask), ("response_mask", response_mask)):
+            _check_mask(name, mask, "policy", policy)
+        for name, rows in (("chosen", chosen), ("rejected", rejected)):
+            if rows.shape != policy.shape[:1] or rows.dtype != torch.bool:
+                shape = list(rows.shape)
+                raise ValueError(f"{name} must be a bool mask of shape [{policy.shape[0]}], got {rows.dtype} {shape}")
+        if bool((chosen & rejected).any()):
+            raise ValueError("a row cannot be on both sides: chosen and rejected overlap")
+        sides = [(t[chosen], t[rejected]) for t in (policy, ref, attention_mask.bool(), response_mask.bool())]
+        (pc, pr), (rc, rr), (ac, ar), (sc, sr) = sides
+        return UnpairedLatentBatch(pc, pr, rc, rr, ac, ar, sc, sr)
+
+    def side_rows(self, mode: MaskMode) -> tuple[int, int]:
+        """How many rows of each side (chosen, rejected) have at least one position ``mode`` selects."""
+        return tuple(int(m.any(1).sum()) for m in self.positions(mode))  # type: ignore[return-value]
+
+    def has_empty_side(self, mode: MaskMode) -> bool:
+        """True when a side has no row with a selected position: no regularizer step for this batch."""
+        return min(self.side_rows(mode)) == 0
+
     def positions(self, mode: MaskMode) -> tuple[Tensor, Tensor]:
         """The ``[B, T]`` masks of the positions a regularizer sees under ``mode``."""
         if mode == "response":
@@ -80,6 +124,14 @@ class LatentBatch:
         if mode == "none":
             return torch.ones_like(self.attention_chosen), torch.ones_like(self.attention_rejected)
         raise ValueError(f"unknown mask mode {mode!r}; known modes: {', '.join(MASK_MODES)}")
+
+
+@dataclass(frozen=True)
+class UnpairedLatentBatch(LatentBatch):
+    """A :class:`LatentBatch` whose sides are unpaired (online RL): they may differ in size or be
+    empty, and a row that selects no position leaves its own side only."""
+
+    paired: ClassVar[bool] = False
 
 
 def prompt_completion_masks(prompt_mask: Tensor, completion_mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
@@ -176,6 +228,10 @@ class LatentRegularizer(Protocol):
       reaches the policy only through ``policy_*`` latents, never the reference latents or the
       regularizer's parameters. Adapters also call it under ``torch.no_grad()`` in evaluation
       (no ``update`` there), which must leave the state unchanged.
+    - A batch's two sides may differ in size (online RL). A batch with an empty side (no row with
+      a selected position) still reaches ``update`` (so a learned regularizer steps at the boundary
+      and joins its collectives) and must learn nothing from it; the runner then calls no
+      ``policy_term`` and adds no term (:meth:`~ganpo_plugins.runner.RegularizerRunner.step`).
     - ``state_dict``/``load_state_dict`` round-trip everything needed to continue identically;
       the state holds only tensors and plain Python values (it is loaded with
       ``torch.load(weights_only=True)``). Optional ``rank_local_keys``: the keys of that state

@@ -220,6 +220,44 @@ def test_non_finite_latents_never_reach_the_policy(name: str, position: int, val
     assert all(bool(torch.isfinite(p).all()) for p in _parameters(runner.regularizer))
 
 
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("sizes", [(3, 1), (1, 4)], ids=["3+1-", "1+4-"])
+def test_unpaired_sides_of_different_sizes_train_and_reach_the_policy(name: str, sizes: tuple[int, int]) -> None:
+    """Online RL's sides (docs/methods.md): chosen and rejected latents of different batch sizes."""
+    runner = RegularizerRunner({**SMALL.get(name, {}), "regularizer": name}, CTX)
+    b, b_rejected = sizes
+    with _no_warnings():
+        for s in range(4):
+            info = StepInfo(is_boundary=s % 2 == 1, accumulation_steps=2)
+            runner.step(make_batch(s, b=b, b_rejected=b_rejected, requires_grad=False), info)
+        batch = make_batch(10, b=b, b_rejected=b_rejected)
+        loss = runner.step(batch, StepInfo())
+    assert bool(torch.isfinite(loss))
+    loss.backward()
+    assert all(g is not None and g.abs().sum() > 0 for g in (batch.policy_chosen.grad, batch.policy_rejected.grad))
+    metrics = runner.pop_metrics()
+    assert metrics["ganpo/term_skipped"] == 0.0 and all(v == v for v in metrics.values())  # no NaN
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("empty", ["chosen", "rejected"])
+def test_an_empty_side_adds_no_term_and_learns_nothing(name: str, empty: str) -> None:
+    """Every advantage of one sign: no term, no NaN, no warning; the learned modules stay as they were."""
+    runner = RegularizerRunner({**SMALL.get(name, {}), "regularizer": name}, CTX)
+    runner.step(make_batch(0, requires_grad=False), StepInfo())
+    runner.pop_metrics()
+    before = [p.detach().clone() for p in _parameters(runner.regularizer)]
+    sizes = {"b": 0, "b_rejected": 3} if empty == "chosen" else {"b": 3, "b_rejected": 0}
+    batch = make_batch(1, **sizes)
+    with _no_warnings():
+        loss = runner.step(batch, StepInfo())
+        assert loss.item() == 0.0 and not loss.requires_grad
+        with torch.no_grad():
+            assert runner.step(batch, None).item() == 0.0
+    assert runner.pop_metrics()["ganpo/term_skipped"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, _parameters(runner.regularizer), strict=True))
+
+
 @contextlib.contextmanager
 def _no_warnings() -> Iterator[None]:
     with warnings.catch_warnings():

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ganpo_trl.facts import facts_from_args
+from ganpo_trl.grpo import online_rl_problems
 from pydantic import BaseModel, Field, model_validator
 
 from ganpo_plugins.adapter_kit import HostFacts, RegularizerBlock, check_host, parse_config
@@ -16,7 +17,7 @@ from .plugin import active_plugin, ganpo_enabled
 
 __all__ = ["GANPOArgs", "facts_from_cfg"]
 
-SUPPORTED_RL = ("dpo", "ipo", "simpo")
+SUPPORTED_RL = ("dpo", "ipo", "simpo", "grpo")
 # The DPOConfig arguments Axolotl sets for rl: dpo / ipo, each from its key ``dpo_<name>`` (for simpo,
 # CPOConfig's simpo_gamma and cpo_alpha, named as TRL names them); Axolotl's keys of the other facts.
 DPO_KEYS = {name: f"dpo_{name}" for name in
@@ -28,7 +29,7 @@ FACT_KEYS = {"sequence_parallel": "context_parallel_size", "meta_reference": "fs
 class GANPOArgs(BaseModel):
     """Adds ``ganpo:`` to Axolotl's config (absent: the defaults, GANPO as in the paper)."""
 
-    ganpo: RegularizerBlock = Field(None, description="latent regularizer added to the DPO/IPO/SimPO loss")
+    ganpo: RegularizerBlock = Field(None, description="latent regularizer added to the DPO/IPO/SimPO/GRPO loss")
 
     @model_validator(mode="after")
     def _fits_axolotl(self) -> GANPOArgs:
@@ -39,10 +40,20 @@ class GANPOArgs(BaseModel):
         if rl not in SUPPORTED_RL:
             raise ValueError(f"ganpo plugin: rl={rl!r}: the ganpo plugin supports rl: {', '.join(SUPPORTED_RL)}")
         config = self.ganpo if self.ganpo is not None else parse_config(None)  # no block: the defaults
-        try:
-            check_host(facts_from_cfg(cfg, rl), config)
-        except ValueError as exc:
-            raise ValueError(f"ganpo plugin: {exc}") from None
+        if rl == "grpo":  # TRL's GRPOTrainer: sides by advantage sign, no preference loss
+            problems = online_rl_problems(config)
+            if (cfg.get("context_parallel_size") or 1) > 1:
+                problems.append(
+                    f"context_parallel_size={cfg.get('context_parallel_size')} (> 1) splits every sequence's hidden "
+                    "states over ranks, but the regularizer needs whole sequences; set context_parallel_size: 1"
+                )
+            if problems:
+                raise ValueError("ganpo plugin: " + "; ".join(problems))
+        else:
+            try:
+                check_host(facts_from_cfg(cfg, rl), config)
+            except ValueError as exc:
+                raise ValueError(f"ganpo plugin: {exc}") from None
         plugin = active_plugin()
         if plugin is not None:  # the parsed block travels to the attach as it is: parsed once
             plugin.validated(config)

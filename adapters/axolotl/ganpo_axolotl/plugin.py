@@ -23,9 +23,9 @@ def ganpo_enabled(cfg: Any) -> bool:
 
 
 class GANPOPlugin(BasePlugin):
-    """Adds a latent regularizer (GANPO by default) to ``rl: dpo``, ``ipo`` and ``simpo``, attached
-    to the trainer Axolotl built (a plugin trainer class cannot be used for DPO: Axolotl builds it
-    without its model arguments, axolotl#2883)."""
+    """Adds a latent regularizer (GANPO by default) to ``rl: dpo``, ``ipo``, ``simpo`` and ``grpo``
+    (sides by advantage sign), attached to the trainer Axolotl built (a plugin trainer class cannot
+    be used for DPO: Axolotl builds it without its model arguments, axolotl#2883)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -27,33 +27,38 @@ from ganpo_plugins.adapter_kit import (
     as_config,
     check_host,
     completion_logps,
-    reference_forward,
     require_host,
     require_weights,
 )
 
 from .facts import facts_from_trainer
+from .grpo import OnlineRLAttachment
 from .kinds import trainer_kind
 from .online import OnlineDPOAttachment
+from .reference import reference_hidden
 
 __all__ = ["GANPOAttachment", "attach_regularizer"]
 
 
 def attach_regularizer(
     trainer: Any, config: RegularizerConfig | dict[str, Any] | None = None, *, ref_model: Any = None
-) -> GANPOAttachment | OnlineDPOAttachment:
+) -> GANPOAttachment | OnlineDPOAttachment | OnlineRLAttachment:
     """Attach the regularizer ``config`` describes (``None``: GANPO as in the paper) to a TRL
-    ``DPOTrainer``, ``CPOTrainer`` (SimPO), ``OnlineDPOTrainer`` or a subclass; return its handle.
-    ``ref_model``: the frozen reference for trainers that run none themselves. A mapping is parsed
-    here; a parsed config (``ganpo_plugins.parse_config``) is used as it is.
+    ``DPOTrainer``, ``CPOTrainer`` (SimPO), ``OnlineDPOTrainer``, ``GRPOTrainer``, ``RLOOTrainer`` or a
+    subclass; return its handle. ``ref_model``: the frozen reference for trainers that run none
+    themselves (GRPO/RLOO with ``beta=0``). A mapping is parsed here; a parsed config
+    (``ganpo_plugins.parse_config``) is used as it is.
 
     Raises ``TypeError`` for other trainers, :class:`~ganpo_plugins.adapter_kit.versions.HostVersionError`
     outside the supported TRL range, and ``ValueError`` (naming the settings) for combinations
     the adapter cannot run faithfully or a trainer that already has a regularizer attached."""
-    if trainer_kind(trainer) == "online_dpo":
+    kind = trainer_kind(trainer)
+    if kind == "online_dpo":
         if ref_model is not None:
             raise _ref_model_refused(trainer)
         return OnlineDPOAttachment(trainer, as_config(config))
+    if kind in ("grpo", "rloo"):
+        return OnlineRLAttachment(trainer, as_config(config), ref_model=ref_model)
     return GANPOAttachment(trainer, as_config(config), ref_model=ref_model)
 
 
@@ -80,7 +85,7 @@ class GANPOAttachment(TrainerAttachment):
         if self.kind not in ("dpo", "cpo"):
             raise TypeError(
                 f"attach_regularizer supports trl.DPOTrainer, trl.experimental.cpo.CPOTrainer (SimPO), "
-                f"OnlineDPOTrainer and their subclasses, got {type(trainer).__name__}"
+                f"OnlineDPOTrainer, GRPOTrainer, RLOOTrainer and their subclasses, got {type(trainer).__name__}"
             )
         self.host = f"trl {require_host('trl')}"
         super().__init__(trainer, config)
@@ -163,16 +168,4 @@ class GANPOAttachment(TrainerAttachment):
         return self.base.loss(pair, trainer.beta, self.config.simpo_gamma).mean()
 
     def _reference_hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        autocast = self.trainer.accelerator.autocast()  # the precision of the host's own forwards
-        if self.reference is not None:
-            with autocast:
-                return reference_forward(self.reference, input_ids, attention_mask)
-        from trl.models.utils import disable_gradient_checkpointing
-        from trl.trainer.utils import use_adapter
-
-        root = self.trainer.model  # under FSDP the sharded root; the adapter switches on the PEFT model inside
-        model = self.trainer.accelerator.unwrap_model(root)
-        adapter = "ref" if "ref" in model.peft_config else None  # TRL's convention for a re-trained adapter
-        gc_kwargs = self.trainer.args.gradient_checkpointing_kwargs
-        with autocast, use_adapter(model, adapter), disable_gradient_checkpointing(model, gc_kwargs):
-            return reference_forward(root, input_ids, attention_mask)
+        return reference_hidden(self.trainer, self.reference, input_ids, attention_mask)

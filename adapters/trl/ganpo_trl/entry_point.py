@@ -1,6 +1,7 @@
 """The TRL host adapter as a ganpo_plugins plugin (entry point ``trl`` in the group
-``ganpo_plugins.hosts``): claims TRL's ``DPOTrainer``, ``CPOTrainer`` and ``OnlineDPOTrainer``
-and their subclasses (Axolotl's among them) for :func:`ganpo_plugins.attach`. The adapter's own
+``ganpo_plugins.hosts``): claims TRL's ``DPOTrainer``, ``CPOTrainer``, ``OnlineDPOTrainer``,
+``GRPOTrainer`` and ``RLOOTrainer`` and their subclasses (Axolotl's among them) for
+:func:`ganpo_plugins.attach`. The adapter's own
 code never comes through here: it calls :func:`~ganpo_trl.attach.attach_regularizer` directly."""
 
 from __future__ import annotations
