@@ -148,7 +148,7 @@ class RegularizerRunner:
             self._counts[split][key] += 1
         return loss
 
-    def record(self, metrics: Mapping[str, float], split: str = "train") -> None:
+    def add_metrics(self, metrics: Mapping[str, float], split: str = "train") -> None:
         """Add an adapter's own per-micro-step metrics (e.g. how many completions fed each side):
         averaged, prefixed and logged with the regularizer's by :meth:`pop_metrics`."""
         for key, value in metrics.items():

@@ -11,7 +11,11 @@ from test_documented_commands import REPO, split_comment
 from ganpo_plugins.adapter_kit.versions import HOSTS
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
-TABLE_NAMES = {"trl": "TRL", "axolotl": "Axolotl", "openrlhf": "OpenRLHF", "deepspeed": "DeepSpeed"}
+TABLE_NAMES = {
+    "trl": "TRL", "axolotl": "Axolotl", "openrlhf": "OpenRLHF", "deepspeed": "DeepSpeed", "llamafactory": "LLaMA-Factory"
+}  # fmt: skip
+# The tox env that pins each host's oldest supported release.
+OLDEST_ENV = {"deepspeed": "openrlhf-oldest", "llamafactory": "llamafactory"}
 
 
 def commands(text: str) -> list[str]:
@@ -33,10 +37,10 @@ def test_oldest_pins_doctor_and_the_compatibility_table_agree() -> None:
     tox = configparser.ConfigParser(interpolation=None)
     tox.read(REPO / "tox.ini")
     installs = {env: tox[f"testenv:{env}"].get("deps", "") + tox[f"testenv:{env}"].get("commands_pre", "") for env in
-                ("trl-oldest", "axolotl-oldest", "openrlhf-oldest")}  # fmt: skip
+                ("trl-oldest", "axolotl-oldest", "openrlhf-oldest", "llamafactory")}  # fmt: skip
     rows = [line for line in README.splitlines() if line.startswith("| ")]
     for name, support in HOSTS.items():
-        env = {"deepspeed": "openrlhf-oldest"}.get(name, f"{name}-oldest")
+        env = OLDEST_ENV.get(name, f"{name}-oldest")
         pinned = re.search(rf"\b{name}==(\S+)", installs[env])
         assert pinned is not None, f"tox.ini [{env}] pins no {name}"
         assert support.minimum == pinned[1] == support.tested[0][0], (name, support.minimum, pinned[1])

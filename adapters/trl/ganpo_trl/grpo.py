@@ -139,7 +139,7 @@ class OnlineRLAttachment(TrainerAttachment):
         term = self.runner.step(batch, info)
         counts = {"completions_pos": positive.sum(), "completions_neg": negative.sum()}
         counts["completions_zero"] = advantages.numel() - counts["completions_pos"] - counts["completions_neg"]
-        self.runner.record({k: float(v) for k, v in counts.items()}, "eval" if info is None else "train")
+        self.runner.add_metrics({k: float(v) for k, v in counts.items()}, "eval" if info is None else "train")
         if info is not None and self._host_scales_for_accumulation(num_items_in_batch):
             term = term / info.accumulation_steps  # GRPO divides its own loss; RLOO leaves it to the Trainer
         return term
