@@ -12,8 +12,12 @@ from ganpo_plugins.adapter_kit.versions import HOSTS
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 TABLE_NAMES = {
-    "trl": "TRL", "axolotl": "Axolotl", "openrlhf": "OpenRLHF", "deepspeed": "DeepSpeed", "llamafactory": "LLaMA-Factory"
-}  # fmt: skip
+    "trl": "TRL",
+    "axolotl": "Axolotl",
+    "openrlhf": "OpenRLHF",
+    "deepspeed": "DeepSpeed",
+    "llamafactory": "LLaMA-Factory",
+}
 # The tox env that pins each host's oldest supported release.
 OLDEST_ENV = {"deepspeed": "openrlhf-oldest", "llamafactory": "llamafactory"}
 
