@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from contract.host_harness import HostAdapterContract, HostHarness, Run, Spec
+from contract.host_harness import HostAdapterContract, HostHarness, InProcessHarness, Run
 from torch import Tensor
 
 pytest.importorskip("llamafactory.train.tuner", reason="needs LLaMA-Factory: tox -e llamafactory")
 
 
-class LlamaFactoryHarness(HostHarness):
+class LlamaFactoryHarness(InProcessHarness):
     """``stage: dpo``, ``pref_loss: sigmoid``, full fine-tuning of the tiny Llama, one pair per micro-step."""
 
     adapter = "llamafactory"
@@ -27,7 +27,7 @@ class LlamaFactoryHarness(HostHarness):
         self.assets = assets
         self.dataset_dir = dataset_dir
 
-    def build(self, workdir: Path, spec: Spec) -> Run:
+    def build(self, run: Run) -> Any:
         from llamafactory.data import PairwiseDataCollatorWithPadding, get_dataset, get_template_and_fix_tokenizer
         from llamafactory.extras.constants import IGNORE_INDEX
         from llamafactory.hparams import get_train_args
@@ -35,6 +35,7 @@ class LlamaFactoryHarness(HostHarness):
         from llamafactory.train.dpo.trainer import CustomDPOTrainer
         from llamafactory.train.trainer_utils import create_ref_model
 
+        spec, workdir = run.spec, run.workdir
         saving = {"save_strategy": "no"} if spec.save_at is None else {"save_steps": spec.save_at}
         model_args, data_args, training_args, finetuning_args, _ = get_train_args(
             {
@@ -58,9 +59,9 @@ class LlamaFactoryHarness(HostHarness):
             model=model, ref_model=create_ref_model(model_args, finetuning_args), args=training_args,
             finetuning_args=finetuning_args, data_collator=collator, **dataset_module, **tokenizer_module,
         )  # fmt: skip
-        return Run(trainer, spec, workdir)
+        return trainer
 
-    def train(self, run: Run, resume_from: Path | None = None) -> None:
+    def train(self, run: Run, resume_from: Path | None) -> None:
         run.trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
 
     def checkpoint(self, run: Run, step: int) -> Path:
