@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from contract.host_harness import HostAdapterContract, HostHarness, Run, Spec, TRLHarness
+from contract.host_harness import HostAdapterContract, HostHarness, Run, TRLHarness
 
 
 def letter_e(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[float]:
@@ -18,25 +18,22 @@ class TRLGRPOHarness(TRLHarness):
     """TRL's GRPOTrainer at β = 0 (the adapter's reference: a frozen copy of the initial policy), one
     prompt × 4 completions per micro-batch."""
 
-    def build(self, workdir: Path, spec: Spec) -> Run:
+    def build(self, run: Run) -> Any:
         from datasets import Dataset
         from transformers import AutoModelForCausalLM
         from trl import GRPOConfig, GRPOTrainer
 
-        saving = (
-            {"save_strategy": "no"} if spec.save_at is None else {"save_strategy": "steps", "save_steps": spec.save_at}
-        )
+        spec = run.spec
         args = GRPOConfig(
-            output_dir=str(workdir / "out"), use_cpu=True, per_device_train_batch_size=4, num_generations=4,
+            output_dir=str(run.workdir / "out"), use_cpu=True, per_device_train_batch_size=4, num_generations=4,
             max_completion_length=8, max_steps=spec.steps, gradient_accumulation_steps=spec.accumulation,
-            logging_steps=1, report_to=[], learning_rate=1e-3, seed=0, disable_tqdm=True, **saving,
+            logging_steps=1, report_to=[], learning_rate=1e-3, seed=0, disable_tqdm=True, **self.saving(spec),
         )  # fmt: skip
         prompts = Dataset.from_dict({"prompt": self.pairs["prompt"]})
         model = AutoModelForCausalLM.from_pretrained(self.model_dir)
-        trainer = GRPOTrainer(
+        return GRPOTrainer(
             model, reward_funcs=letter_e, args=args, train_dataset=prompts, processing_class=self.tokenizer
         )
-        return Run(trainer, spec, workdir)
 
 
 class TestTRLGRPOTrainer(HostAdapterContract):
