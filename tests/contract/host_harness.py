@@ -201,7 +201,23 @@ class MiniDPOHarness(InProcessHarness):
         return run.trainer.metrics
 
 
-class TRLHarness(InProcessHarness):
+class TransformersTrainerHarness(InProcessHarness):
+    """A host whose trainer is a ``transformers.Trainer``: training, checkpoints and logs as it keeps them."""
+
+    def train(self, run: Run, resume_from: Path | None) -> None:
+        run.trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
+
+    def checkpoint(self, run: Run, step: int) -> Path:
+        return Path(run.trainer.args.output_dir) / f"checkpoint-{step}"
+
+    def policy_state(self, run: Run) -> dict[str, Tensor]:
+        return run.trainer.model.state_dict()
+
+    def train_logs(self, run: Run) -> list[dict[str, float]]:
+        return [entry for entry in run.trainer.state.log_history if "loss" in entry]
+
+
+class TRLHarness(TransformersTrainerHarness):
     """TRL's DPOTrainer on the tiny Llama of tests/conftest.py (``tiny_assets``)."""
 
     adapter = "trl"
@@ -232,18 +248,6 @@ class TRLHarness(InProcessHarness):
         args = dpo_args(run.workdir, **steps, **self.saving(spec))
         model = AutoModelForCausalLM.from_pretrained(self.model_dir)
         return DPOTrainer(model, args=args, train_dataset=self.pairs, processing_class=self.tokenizer)
-
-    def train(self, run: Run, resume_from: Path | None) -> None:
-        run.trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
-
-    def checkpoint(self, run: Run, step: int) -> Path:
-        return Path(run.trainer.args.output_dir) / f"checkpoint-{step}"
-
-    def policy_state(self, run: Run) -> dict[str, Tensor]:
-        return run.trainer.model.state_dict()
-
-    def train_logs(self, run: Run) -> list[dict[str, float]]:
-        return [entry for entry in run.trainer.state.log_history if "loss" in entry]
 
 
 class TRLCPOHarness(TRLHarness):

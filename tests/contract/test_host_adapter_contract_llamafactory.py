@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from contract.host_harness import HostAdapterContract, HostHarness, InProcessHarness, Run
-from torch import Tensor
+from contract.host_harness import HostAdapterContract, HostHarness, Run, TransformersTrainerHarness
 
 pytest.importorskip("llamafactory.train.tuner", reason="needs LLaMA-Factory: tox -e llamafactory")
 
 
-class LlamaFactoryHarness(InProcessHarness):
+class LlamaFactoryHarness(TransformersTrainerHarness):
     """``stage: dpo``, ``pref_loss: sigmoid``, full fine-tuning of the tiny Llama, one pair per micro-step."""
 
     adapter = "llamafactory"
@@ -60,18 +59,6 @@ class LlamaFactoryHarness(InProcessHarness):
             finetuning_args=finetuning_args, data_collator=collator, **dataset_module, **tokenizer_module,
         )  # fmt: skip
         return trainer
-
-    def train(self, run: Run, resume_from: Path | None) -> None:
-        run.trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
-
-    def checkpoint(self, run: Run, step: int) -> Path:
-        return Path(run.trainer.args.output_dir) / f"checkpoint-{step}"
-
-    def policy_state(self, run: Run) -> dict[str, Tensor]:
-        return run.trainer.model.state_dict()
-
-    def train_logs(self, run: Run) -> list[dict[str, Any]]:
-        return [entry for entry in run.trainer.state.log_history if "loss" in entry]
 
 
 class TestLlamaFactoryCustomDPOTrainer(HostAdapterContract):
