@@ -52,9 +52,11 @@ def test_the_demo_by_hand_is_what_tox_runs() -> None:
     lines = [line.split(" #")[0].strip() for line in by_hand[0].text.replace("\\\n", " ").splitlines()]
     exports = [line for line in lines if line.startswith("export ")]
     assert [line for line in lines if line and not line.startswith(("export ", "#"))] == demo_commands()
+    setenv_lines = tox_section("testenv")["setenv"].splitlines()
+    assert "file|{toxinidir}/offline.env" in [line.strip() for line in setenv_lines]  # tox reads the file
     setenv = dict(
         re.split(r"\s*=\s*", line.strip(), maxsplit=1)
-        for line in tox_section("testenv")["setenv"].splitlines()
+        for line in [*setenv_lines, *(REPO / "offline.env").read_text().splitlines()]
         if "=" in line and not line.strip().startswith("#")
     )
     exported = dict(item.split("=", 1) for line in exports for item in shlex.split(line)[1:])

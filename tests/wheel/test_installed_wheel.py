@@ -21,7 +21,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: the example script and tiny assets come from it
-PACKAGES = ("ganpo_plugins", "ganpo_trl", "ganpo_axolotl", "ganpo_openrlhf")
+PACKAGES = ("ganpo_plugins", "ganpo_trl", "ganpo_axolotl", "ganpo_openrlhf", "ganpo_llamafactory")
 # Modules that import a host this env does not hold (Axolotl, OpenRLHF/DeepSpeed) or matplotlib.
 NEEDS_ANOTHER_HOST = (
     "ganpo_axolotl.",
@@ -60,9 +60,13 @@ def test_every_module_of_the_wheel_imports() -> None:
 
 def test_the_entry_points_are_registered() -> None:
     hosts = {ep.name: ep.value for ep in entry_points(group="ganpo_plugins.hosts")}
-    assert hosts == {"trl": "ganpo_trl.entry_point", "openrlhf": "ganpo_openrlhf.entry_point"}
+    assert hosts == {
+        "trl": "ganpo_trl.entry_point",
+        "openrlhf": "ganpo_openrlhf.entry_point",
+        "llamafactory": "ganpo_llamafactory.entry_point",
+    }
     scripts = {ep.name for ep in entry_points(group="console_scripts") if ep.value.startswith("ganpo_")}
-    assert scripts == {"ganpo-apo", "ganpo-openrlhf-train-dpo", "ganpo-openrlhf-train-rm"}
+    assert scripts == {"ganpo-apo", "ganpo-openrlhf-train-dpo", "ganpo-openrlhf-train-rm", "ganpo-llamafactory-cli"}
 
 
 def test_the_trl_example_trains_with_the_installed_wheel(tmp_path: Path, tiny_assets: Path) -> None:
