@@ -55,6 +55,10 @@ class APOSettings(BaseModel):
 
         return apo_rm_loss(chosen, rejected, is_apo, self.c_human, self.c_apo, self.samples_per_prompt)
 
+    def describe(self) -> str:
+        """The loss with these weights, as the hosts print it."""
+        return f"L = {self.c_human} · BT(human) + ({self.c_apo} / {self.samples_per_prompt}) · BT(APO)"
+
     def as_arguments(self) -> dict[str, Any]:
         """The settings as flat training arguments (``{"apo_c_human": 1.0, ...}``)."""
         return {ARGUMENT_PREFIX + k: v for k, v in self.model_dump().items()}

@@ -25,7 +25,6 @@ from ganpo_plugins.adapter_kit import (
     RegularizerConfig,
     TrainerAttachment,
     announce_on,
-    host_class,
     reference_forward,
     require_host,
     require_weights,
@@ -33,6 +32,7 @@ from ganpo_plugins.adapter_kit import (
 
 from .entry_point import is_dpo_trainer
 from .facts import check_dpo_run
+from .trainer_log import log_callback, on_log_with
 
 __all__ = ["IGNORE_INDEX", "LlamaFactoryDPOAttachment"]
 
@@ -71,9 +71,9 @@ class LlamaFactoryDPOAttachment(TrainerAttachment):
         if self.base.loss is not None:
             wrappers["compute_preference_loss"] = self._package_preference_loss
         self.install(wrappers)  # an equivalent kind (logistic: sigmoid) is pref_loss itself: nothing to set
-        for callback in trainer.callback_handler.callbacks:
-            if host_class(callback, "llamafactory.", ("LogCallback",)) is not None:
-                self.wrap(callback, {"on_log": functools.partial(self._on_log, callback)})
+        callback = log_callback(trainer)
+        if callback is not None:
+            self.wrap(callback, {"on_log": functools.partial(on_log_with, ("ganpo/", "eval_ganpo/"), callback)})
         if not self.own_reference:
             own = "reference forward" if trainer.ref_model is not None else "adapter-disabled pass"
             ref = f"LLaMA-Factory's {own}"
@@ -125,15 +125,3 @@ class LlamaFactoryDPOAttachment(TrainerAttachment):
         root = self.trainer.model  # a PEFT policy: LLaMA-Factory's own reference is this pass
         with autocast, self.trainer.accelerator.unwrap_model(root).disable_adapter():
             return reference_forward(root, input_ids, attention_mask)
-
-    def _on_log(self, callback: Any, original: Callable[..., Any], args: Any, state: Any, control: Any, **kw: Any):
-        """LLaMA-Factory's ``LogCallback`` writes a fixed set of keys to ``trainer_log.jsonl`` (on a
-        worker thread): the ``ganpo/*`` metrics of the entry it logs are bound to that one write."""
-        entry = state.log_history[-1] if state.log_history else {}
-        metrics = {k: v for k, v in entry.items() if k.startswith(("ganpo/", "eval_ganpo/"))}
-        write = type(callback)._write_log.__get__(callback)
-        vars(callback)["_write_log"] = lambda output_dir, logs: write(output_dir, {**logs, **metrics})
-        try:
-            return original(args, state, control, **kw)
-        finally:
-            vars(callback).pop("_write_log", None)

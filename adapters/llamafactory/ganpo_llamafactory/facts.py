@@ -10,7 +10,14 @@ from typing import Any
 
 from ganpo_plugins.adapter_kit import BaseLoss, HostFacts, RegularizerConfig, check_host
 
-__all__ = ["REFERENCE_FREE", "SERVED_FINETUNING", "TRAINED_AS_SIGMOID", "check_dpo_run", "facts_from_args"]
+__all__ = [
+    "REFERENCE_FREE",
+    "SERVED_FINETUNING",
+    "TRAINED_AS_SIGMOID",
+    "check_dpo_run",
+    "check_rm_run",
+    "facts_from_args",
+]
 
 #: The other ``pref_loss`` values (the adapter serves ``sigmoid``, ``simpo``, ``orpo``): LLaMA-Factory 0.9.5
 #: accepts them but trains them as sigmoid DPO (its
@@ -29,6 +36,17 @@ SERVED_FINETUNING = ("full", "freeze", "lora")
 EQUIVALENTS = {"logistic": "sigmoid"}
 # The settings that change LLaMA-Factory's DPO loss or its log-probabilities, with their neutral values.
 MODIFIERS = {"pref_ftx": 0.0, "pref_bco_weight": 0.0, "dpo_label_smoothing": 0.0, "ld_alpha": None}
+
+
+def outside_this_process(finetuning_args: Any) -> list[str]:
+    """The keys that run LLaMA-Factory's workflow elsewhere (Megatron, Ray workers), where this
+    process's trainer and what the adapter serves in it never run."""
+    return [
+        f"{key}: true runs LLaMA-Factory's {finetuning_args.stage} workflow outside this process's trainer, "
+        f"where the block is not served; set {key}: false"
+        for key in ("use_mca", "use_ray")
+        if getattr(finetuning_args, key, False)
+    ]
 
 
 def facts_from_args(finetuning_args: Any) -> HostFacts:
@@ -65,9 +83,7 @@ def check_dpo_run(config: RegularizerConfig, finetuning_args: Any) -> BaseLoss:
             f"finetuning_type: {finetuning_args.finetuning_type}: the ganpo block serves finetuning_type "
             f"{', '.join(SERVED_FINETUNING)}; set one of them or remove the ganpo block"
         )
-    for key in ("use_mca", "use_ray"):  # these run the DPO workflow elsewhere (Megatron, Ray workers)
-        if getattr(finetuning_args, key, False):
-            problems.append(f"{key}: true runs LLaMA-Factory's DPO outside this process's trainer; set {key}: false")
+    problems += outside_this_process(finetuning_args)
     try:
         base = check_host(facts_from_args(finetuning_args), config)
     except ValueError as exc:
@@ -75,3 +91,17 @@ def check_dpo_run(config: RegularizerConfig, finetuning_args: Any) -> BaseLoss:
     if problems:
         raise ValueError("; ".join(problems))
     return base
+
+
+def check_rm_run(finetuning_args: Any) -> None:
+    """One ``ValueError`` naming every key of a run the ``apo:`` block (the APO reward-model loss)
+    cannot be served in: it serves ``stage: rm``, LLaMA-Factory's reward-model stage, in this process."""
+    problems = []
+    if finetuning_args.stage != "rm":
+        problems.append(
+            f"stage: {finetuning_args.stage}: the apo block trains a reward model with the APO loss, in stage: rm; "
+            "set stage: rm or remove the apo block"
+        )
+    problems += outside_this_process(finetuning_args)
+    if problems:
+        raise ValueError("; ".join(problems))

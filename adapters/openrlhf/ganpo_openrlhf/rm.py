@@ -25,10 +25,9 @@ from openrlhf.trainer.rm_trainer import RewardModelTrainer
 
 from ganpo_plugins.adapter_kit import bradley_terry_loss
 from ganpo_plugins.apo import APOSettings
+from ganpo_plugins.apo.batch import IS_APO, row_is_apo
 
 __all__ = ["IS_APO", "APORewardDataset", "APORewardModelTrainer"]
-
-IS_APO = "is_apo"
 
 
 class APORewardDataset(RewardDataset):
@@ -37,15 +36,8 @@ class APORewardDataset(RewardDataset):
     def process_data(self, data: dict[str, Any]) -> dict[str, Any]:
         row = super().process_data(data)
         if not self.is_dpo:
-            flag = data.get(IS_APO)
-            if flag is None:
-                flag = False
-            if not isinstance(flag, bool):
-                raise ValueError(
-                    f"{IS_APO!r} must be true or false (APO pair or human pair), got {flag!r} in the row with "
-                    f"prompt {str(data.get(self.prompt_key or 'prompt'))[:60]!r}"
-                )
-            row["extra"] = float(flag)
+            where = f"the row with prompt {str(data.get(self.prompt_key or 'prompt'))[:60]!r}"
+            row["extra"] = float(row_is_apo(data, where))
         return row
 
 
@@ -60,9 +52,7 @@ class APORewardModelTrainer(RewardModelTrainer):
         self.loss_fn = self._loss
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
-        self.strategy.print(
-            f"apo: L = {self.apo.c_human} · BT(human) + ({self.apo.c_apo} / {self.apo.samples_per_prompt}) · BT(APO)"
-        )
+        self.strategy.print(f"apo: {self.apo.describe()}")
 
     def _loss(self, chosen_reward: torch.Tensor, reject_reward: torch.Tensor, is_apo: torch.Tensor) -> torch.Tensor:
         is_apo = is_apo.to(chosen_reward.device).bool()

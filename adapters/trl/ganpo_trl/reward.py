@@ -24,13 +24,14 @@ then recomputes the loss from the rewards TRL returns (``[chosen; rejected]`` on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from trl import RewardConfig, RewardTrainer
 
+from ganpo_plugins.apo.batch import APODataCollator, apo_accuracies, apo_pair_counts
 from ganpo_plugins.apo.settings import APOSettings, apo_arguments_dataclass
 
 __all__ = ["APOArguments", "APODataCollator", "APORewardConfig", "APORewardMixin", "APORewardTrainer", "main"]
@@ -52,20 +53,6 @@ class APORewardConfig(APOArguments, RewardConfig):
     def __post_init__(self) -> None:
         apo_settings(self)  # fail at configuration time, before any model loads
         super().__post_init__()
-
-
-class APODataCollator:
-    """Wraps the trainer's collator: the per-pair ``is_apo`` flags ride beside its batch as a
-    bool tensor ``[B]``. Rows without the field are human pairs."""
-
-    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]):
-        self.collator = collator
-
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        flags = [bool(ex.get("is_apo", False)) for ex in examples]
-        batch = self.collator([{k: v for k, v in ex.items() if k != "is_apo"} for ex in examples])
-        batch["is_apo"] = torch.tensor(flags, dtype=torch.bool)
-        return batch
 
 
 def _check_is_apo_column(dataset: Any, name: str) -> None:
@@ -117,19 +104,11 @@ class APORewardMixin:
         return (loss, outputs) if return_outputs else loss
 
     def _log_apo_metrics(self, chosen: torch.Tensor, rejected: torch.Tensor, is_apo: torch.Tensor) -> None:
-        """Accuracy per source (APO: how often the golden response outscores the LLM's sample) and
-        the fraction of APO pairs, summed over processes; averaged at logging like TRL's metrics."""
-        mode = "train" if self.model.training else "eval"
-        correct = (chosen > rejected).float()
-        apo = is_apo.float()
-        stats = torch.stack([(correct * apo).sum(), apo.sum(), (correct * (1 - apo)).sum(), (1 - apo).sum()])
-        hits_apo, n_apo, hits_human, n_human = self.accelerator.gather(stats).view(-1, 4).sum(0).tolist()
-        metrics = self._metrics[mode]
-        metrics["apo/fraction"].append(n_apo / max(n_apo + n_human, 1.0))
-        if n_apo:
-            metrics["apo/accuracy_apo"].append(hits_apo / n_apo)
-        if n_human:
-            metrics["apo/accuracy_human"].append(hits_human / n_human)
+        """The APO accuracies of the batch over all processes; averaged at logging like TRL's metrics."""
+        counts = self.accelerator.gather(apo_pair_counts(chosen, rejected, is_apo)).view(-1, 4).sum(0).tolist()
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        for name, value in apo_accuracies(counts).items():
+            metrics[name].append(value)
 
 
 class APORewardTrainer(APORewardMixin, RewardTrainer):
