@@ -153,6 +153,38 @@ def test_dpo_adds_the_term_logs_it_everywhere_and_trains_the_discriminators(dpo:
     assert "reference: LLaMA-Factory's reference forward" in dpo.log
 
 
+def test_evaluation_logs_the_term_everywhere_without_stepping_the_discriminators(
+    lf_cfg: Callable[..., Any], lf_train: Callable[..., Any]
+) -> None:
+    """Evaluation every 2 steps on the training pairs, reported to TensorBoard: ``eval_ganpo/*`` in
+    ``trainer_state.json``, ``trainer_log.jsonl`` and the event files; the discriminators step only
+    in training (4 steps, 4 updates)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    settings = {
+        "eval_dataset": "tiny_prefs",
+        "eval_strategy": "steps",
+        "eval_steps": 2,
+        "per_device_eval_batch_size": 4,
+    }
+    run = lf_train("eval", lf_cfg("eval", {**settings, "report_to": "tensorboard"}))
+    _assert_trained(run, 4)
+    state = json.loads((run.out / "trainer_state.json").read_text())
+    evaluations = [entry for entry in state["log_history"] if "eval_loss" in entry]
+    assert [entry["step"] for entry in evaluations] == [2, 4]
+    for entry in evaluations:
+        assert math.isfinite(entry["eval_ganpo/adv_loss"]) and "eval_ganpo/d_pos/loss" not in entry
+    lines = [line for line in run.trainer_log() if "eval_loss" in line]
+    assert [line["eval_ganpo/adv_loss"] for line in lines] == [e["eval_ganpo/adv_loss"] for e in evaluations]
+    logged: dict[str, dict[int, float]] = {}  # tag -> step -> value, over every event file of the run
+    for path in run.out.rglob("events.out.tfevents.*"):  # transformers' runs/<date>/ (the final evaluation's too)
+        scalars = EventAccumulator(str(path)).Reload()
+        for tag in scalars.Tags()["scalars"]:
+            logged.setdefault(tag, {}).update({event.step: event.value for event in scalars.Scalars(tag)})
+    assert logged["train/ganpo/adv_loss"] == pytest.approx({e["step"]: e["ganpo/adv_loss"] for e in run.history()})
+    assert logged["eval/ganpo/adv_loss"] == pytest.approx({e["step"]: e["eval_ganpo/adv_loss"] for e in evaluations})
+
+
 def test_without_a_block_the_cli_is_llamafactory_cli(
     plain: Any, lf_cfg: Callable[..., Any], lf_train: Callable[..., Any]
 ) -> None:
