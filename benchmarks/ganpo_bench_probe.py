@@ -154,3 +154,19 @@ class StepProbeCallback(TrainerCallback):
             self._hook.remove()
             self._hook = None
         self.probe.dump()
+
+
+def train_probed(trainer: Any, ganpo: Any) -> None:
+    """Train an HF ``Trainer`` built with a :class:`StepProbeCallback`, without its per-step log
+    prints, with ``ganpo`` (a config, or ``None``: the plain host) attached, and save the
+    regularizer state beside the model."""
+    from transformers import PrinterCallback
+
+    import ganpo_plugins
+
+    trainer.remove_callback(PrinterCallback)  # no per-step log dicts in the log
+    if ganpo is not None:
+        ganpo_plugins.attach(trainer, ganpo)
+    trainer.train()
+    if ganpo is not None:
+        trainer.save_model()  # writes ganpo_regularizer.pt beside the model

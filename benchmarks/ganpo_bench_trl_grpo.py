@@ -22,11 +22,9 @@ from typing import Any
 
 import torch
 from datasets import load_dataset
-from ganpo_bench_probe import PROBE_FILE, StepProbeCallback
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+from ganpo_bench_probe import PROBE_FILE, StepProbeCallback, train_probed
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
-
-import ganpo_plugins
 
 
 def letter_e(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
@@ -78,12 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         processing_class=AutoTokenizer.from_pretrained(opts.model),
         callbacks=[StepProbeCallback(opts.output_dir / PROBE_FILE)],
     )
-    trainer.remove_callback(PrinterCallback)
-    if opts.ganpo is not None:
-        ganpo_plugins.attach(trainer, opts.ganpo)
-    trainer.train()
-    if opts.ganpo is not None:
-        trainer.save_model()  # writes ganpo_regularizer.pt beside the model
+    train_probed(trainer, opts.ganpo)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,8 @@ HOSTS: dict[str, HostSupport] = {
             None,
             (("0.9.5", "3.11", "2026-12-07"),),
             "stage: dpo with pref_loss sigmoid / simpo / orpo and package-computed GPO kinds, full / freeze / LoRA, "
-            "ref_model, DeepSpeed ZeRO-2/3 (2 ranks), checkpoints, kill and resume",
+            "ref_model, evaluation, DeepSpeed ZeRO-2/3 (2 ranks; LoRA resumed under ZeRO-2), checkpoints, kill and "
+            "resume; stage: rm with APO",
         ),
         HostSupport(
             "deepspeed",

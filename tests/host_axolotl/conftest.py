@@ -3,13 +3,12 @@ by the tests of this folder: each named run happens once per session."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from trainer_run import TrainerRun
 
 EXAMPLE = "examples/axolotl/tiny_dpo_ganpo.yml"
 # Short, exact runs: one pair per step (so logged per-step numbers describe that pair), no
@@ -24,35 +23,6 @@ TEST_SETTINGS: dict[str, Any] = {
     "warmup_steps": 0,
     "ganpo": {"discriminator": {"d_model": 32, "num_heads": 4, "ffn_size": 64}},
 }
-
-
-@dataclass
-class AxolotlRun:
-    """One finished CLI run: exit code, combined output, output folder, its config."""
-
-    returncode: int
-    log: str
-    out: Path
-    cfg: dict[str, Any]
-
-    def checkpoint(self, step: int | None = None) -> Path:
-        """``checkpoint-<step>`` (default: the last one)."""
-        if step is None:
-            step = max(int(p.name.split("-")[1]) for p in self.out.glob("checkpoint-*"))
-        return self.out / f"checkpoint-{step}"
-
-    def history(self) -> list[dict[str, Any]]:
-        """Per-step training logs from the last checkpoint's ``trainer_state.json``."""
-        state = json.loads((self.checkpoint() / "trainer_state.json").read_text())
-        return [entry for entry in state["log_history"] if "loss" in entry]
-
-    def regularizer_state(self, step: int | None = None) -> dict[str, Any]:
-        import torch
-
-        return torch.load(self.checkpoint(step) / "ganpo_regularizer.pt", weights_only=True)
-
-    def assert_ok(self) -> None:
-        assert self.returncode == 0, self.log[-4000:]
 
 
 @pytest.fixture(scope="session")
@@ -82,11 +52,11 @@ def axolotl_cfg(
 
 
 @pytest.fixture(scope="session")
-def axolotl_train(axolotl_workdir: Path, run_cli: Callable[..., Any]) -> Callable[[str, dict[str, Any]], AxolotlRun]:
+def axolotl_train(axolotl_workdir: Path, run_cli: Callable[..., Any]) -> Callable[[str, dict[str, Any]], TrainerRun]:
     """``axolotl_train(name, cfg)``: run ``python -m axolotl.cli.train`` once per name."""
-    done: dict[str, AxolotlRun] = {}
+    done: dict[str, TrainerRun] = {}
 
-    def train(name: str, cfg: dict[str, Any]) -> AxolotlRun:
+    def train(name: str, cfg: dict[str, Any]) -> TrainerRun:
         import yaml  # comes with Axolotl (the test modules skip without it)
 
         if name not in done:
@@ -94,7 +64,7 @@ def axolotl_train(axolotl_workdir: Path, run_cli: Callable[..., Any]) -> Callabl
             folder.mkdir(exist_ok=True)
             (folder / "cfg.yml").write_text(yaml.safe_dump(cfg))
             result = run_cli(["-m", "axolotl.cli.train", str(folder / "cfg.yml")], log=folder / "log.txt", cwd=folder)
-            done[name] = AxolotlRun(result.returncode, result.stdout, Path(cfg["output_dir"]), cfg)
+            done[name] = TrainerRun(result.returncode, result.stdout, Path(cfg["output_dir"]), cfg)
         return done[name]
 
     return train

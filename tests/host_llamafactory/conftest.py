@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from trainer_run import TrainerRun
 
 EXAMPLE = "examples/llamafactory/tiny_dpo_ganpo.yaml"
 # Short, exact runs: one pair per step (so logged per-step numbers describe that pair), no warm-up,
@@ -26,24 +26,8 @@ TEST_SETTINGS: dict[str, Any] = {
 }
 
 
-@dataclass
-class LFRun:
-    """One finished CLI run: exit code, combined output, output folder, its config."""
-
-    returncode: int
-    log: str
-    out: Path
-    cfg: dict[str, Any]
-
-    def checkpoint(self, step: int | None = None) -> Path:
-        if step is None:
-            step = max(int(p.name.split("-")[1]) for p in self.out.glob("checkpoint-*"))
-        return self.out / f"checkpoint-{step}"
-
-    def history(self) -> list[dict[str, Any]]:
-        """Per-step training logs from the last checkpoint's ``trainer_state.json``."""
-        state = json.loads((self.checkpoint() / "trainer_state.json").read_text())
-        return [entry for entry in state["log_history"] if "loss" in entry]
+class LFRun(TrainerRun):
+    """A LLaMA-Factory CLI run; ``regularizer_state()`` without a step reads the final output folder."""
 
     def trainer_log(self) -> list[dict[str, Any]]:
         """LLaMA-Factory's own ``trainer_log.jsonl`` (what LLaMA Board reads)."""
@@ -54,9 +38,6 @@ class LFRun:
 
         folder = self.out if step is None else self.checkpoint(step)
         return torch.load(folder / "ganpo_regularizer.pt", weights_only=True)
-
-    def assert_ok(self) -> None:
-        assert self.returncode == 0, self.log[-4000:]
 
 
 @pytest.fixture(scope="session")
