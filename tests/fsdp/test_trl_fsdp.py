@@ -14,8 +14,8 @@ rank, and, with per-rank files, a resumed run identical to an uninterrupted one.
 Which save path is whose: the SHARDED_STATE_DICT checkpoints are accelerate's own code; the FSDP2
 FULL_STATE_DICT model save is the shim's gather (the torch call accelerate makes, without its
 ``cpu_offload``, whose tensors are invalid by the time safetensors writes them on CPU), so
-accelerate's own FSDP2 ``get_state_dict`` (with its offload) is not tested. The HSDP / tensor-parallel
-group choice is a unit test of the choice alone (a real HSDP run needs 4 processes).
+accelerate's own FSDP2 ``get_state_dict`` (with its offload) is not tested. HSDP runs for real on 4
+processes (a 2 × 2 mesh); the tensor-parallel group choice is a unit test of the choice alone.
 
 Not covered here, with the reason: FSDP1 with FULL_STATE_DICT (the host's own model and
 optimiser checkpoint segfaults inside torch on CPU; the regularizer file does not depend on
@@ -79,27 +79,34 @@ def _resume_runs(out: Path | None) -> list[dict[str, Any]]:
 SHARDED_RUNS = [run for run in _runs() if run["fsdp"] and "base" not in run["name"]]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Path, host_env: dict[str, str]) -> Path:
-    """Every run of :func:`_runs`, then the resumed ones, in two torchrun launches; their output."""
-    out = tmp_path_factory.mktemp("fsdp")
+def _launch(
+    out: Path, runs: list[dict[str, Any]], processes: int, assets: Path, host_env: dict[str, str], log: str
+) -> None:
+    """One ``torchrun`` launch of ``processes`` workers training ``runs`` in turn."""
     env = {
         **host_env,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE / "cpu_fsdp_shim"), host_env.get("PYTHONPATH")])),
     }
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    cmd = [*torchrun, str(HERE / "trl_fsdp_worker.py"), str(assets), str(out), json.dumps(runs)]
+    result = subprocess.run(
+        cmd, env=env, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400
+    )
+    (out / log).write_text(result.stdout)
+    assert result.returncode == 0, result.stdout[-6000:]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Path, host_env: dict[str, str]) -> Path:
+    """Every run of :func:`_runs`, then the resumed ones, in two torchrun launches; their output."""
+    out = tmp_path_factory.mktemp("fsdp")
     for i, runs in enumerate((_runs(), _resume_runs(out))):
-        cmd = [*torchrun, str(HERE / "trl_fsdp_worker.py"), str(tiny_assets), str(out), json.dumps(runs)]
-        result = subprocess.run(
-            cmd, env=env, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400
-        )
-        (out / f"log{i}.txt").write_text(result.stdout)
-        assert result.returncode == 0, result.stdout[-6000:]
+        _launch(out, runs, 2, tiny_assets, host_env, f"log{i}.txt")
     return out
 
 
-def _results(out: Path, name: str) -> list[dict[str, Any]]:
-    return [json.loads((out / name / f"result.rank{r}.json").read_text()) for r in (0, 1)]
+def _results(out: Path, name: str, ranks: int = 2) -> list[dict[str, Any]]:
+    return [json.loads((out / name / f"result.rank{r}.json").read_text()) for r in range(ranks)]
 
 
 def _train_logs(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -169,6 +176,31 @@ def _as_lists(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda t: t.tolist()))
 
 
+def test_hsdp_on_four_processes_reduces_over_replicate_and_shard(
+    tmp_path: Path, tiny_assets: Path, host_env: dict[str, str]
+) -> None:
+    """A real HSDP run: FSDP2 on accelerate's 2 × 2 mesh (``dp_replicate_size`` 2 × ``dp_shard_size``
+    2), 4 processes. Every rank sees its own batch, so the regularizer reduces over all 4 (the mesh's
+    ``dp`` dimension), not over the 2 ranks of one shard group: all 4 end with the same discriminators,
+    μ and optimiser state."""
+    mesh = {"dp_replicate_size": 2, "dp_shard_size": 2}
+    run = {"name": "hsdp", "fsdp": 2, "lora": False, "reference": "trainer", "steps": 2,
+           "state_dict_type": "SHARDED_STATE_DICT", "parallelism": mesh}  # fmt: skip
+    _launch(tmp_path, [run], 4, tiny_assets, host_env, "log.txt")
+    results = _results(tmp_path, "hsdp", ranks=4)
+    assert [result["policy"] for result in results] == ["fsdp2"] * 4
+    assert [result["group_size"] for result in results] == [4] * 4
+    logs = _train_logs(results[0])
+    assert len(logs) == 2 and all("ganpo/adv_loss" in entry for entry in logs)
+    checkpoint = tmp_path / "hsdp" / "checkpoint-2"
+    files = ["ganpo_regularizer.pt", *(f"ganpo_regularizer.rank{r}.pt" for r in (1, 2, 3))]
+    states = [_state(checkpoint / name) for name in files]
+    assert [s["disc_steps"] for s in states] == [2] * 4
+    for other in states[1:]:
+        for key in SHARED:
+            assert_states_equal(states[0][key], other[key], key)
+
+
 @pytest.mark.parametrize(
     ("sizes", "group"),
     [
@@ -179,7 +211,7 @@ def _as_lists(value: Any) -> Any:
 )
 def test_unit_data_parallel_group_choice_from_accelerates_mesh_sizes(sizes: dict[str, int], group: str | None) -> None:
     """A unit test of the choice alone (which mesh dimension the regularizer reduces over, from
-    accelerate's parallelism sizes), on a stand-in mesh: no HSDP or TP run happens here."""
+    accelerate's parallelism sizes), on a stand-in mesh; HSDP also runs for real above, TP nowhere."""
     from accelerate.parallelism_config import ParallelismConfig
 
     from ganpo_plugins.adapter_kit.hf_trainer import accelerator_data_parallel_group

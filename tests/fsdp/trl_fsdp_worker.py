@@ -1,10 +1,11 @@
 """One torchrun worker of the FSDP tests: trains several tiny DPO + GANPO runs, one after the
 other, in one process group (a process group and the imports cost more than a run here).
 
-    torchrun --nproc_per_node 2 trl_fsdp_worker.py ASSETS OUT RUNS_JSON
+    torchrun --nproc_per_node N trl_fsdp_worker.py ASSETS OUT RUNS_JSON
 
 Each run is ``{"name", "fsdp": 0 | 1 | 2, "lora", "reference", "steps", "save_steps",
-"state_dict_type", "save_every_rank", "resume"}`` (``fsdp: 0`` is DDP; ``reference``: ``trainer`` — TRL's own
+"state_dict_type", "save_every_rank", "resume", "parallelism"}`` (``parallelism``: accelerate's
+``ParallelismConfig`` sizes) (``fsdp: 0`` is DDP; ``reference``: ``trainer`` — TRL's own
 reference forward —, ``precompute`` — ``precompute_ref_log_probs``, the adapter's own forward
 of the frozen copy or the adapter-disabled policy —, or ``sharded`` — ``precompute_ref_log_probs``
 with a ``ref_model`` TRL shards, the adapter's own forward through it). Each run writes
@@ -89,6 +90,10 @@ def train(spec: dict[str, Any], assets: Path, out: Path) -> None:
                 **({"sync_module_states": False} if spec["fsdp"] == 1 else {}),
             },
         }
+    if "parallelism" in spec:  # accelerate's device mesh, e.g. HSDP: dp_replicate_size × dp_shard_size
+        from accelerate.parallelism_config import ParallelismConfig
+
+        fsdp["parallelism_config"] = ParallelismConfig(**spec["parallelism"])
     args = DPOConfig(
         output_dir=str(out / name), use_cpu=True, per_device_train_batch_size=2, max_steps=spec["steps"],
         logging_steps=1, save_steps=spec.get("save_steps", spec["steps"]), report_to="none", max_length=64,
