@@ -67,7 +67,7 @@ HOSTS: dict[str, HostSupport] = {
             "trl",
             "1.9.0",
             "2",
-            (("1.9.0", "3.11", "2026-11-29"), ("1.14.1", "3.12", "2026-11-29"), ("1.16.0", "3.11", "2026-11-29")),
+            (("1.9.0", "3.11", "2026-12-08"), ("1.14.1", "3.12", "2026-12-08"), ("1.16.0", "3.11", "2026-12-08")),
             "DPO, IPO, SimPO (CPO), online DPO, GRPO and RLOO, LoRA, precomputed reference log-probs, every GPO kind, "
             "accumulation, evaluation, checkpoints and resume, 2-process DDP (1.9)",
         ),
@@ -75,7 +75,7 @@ HOSTS: dict[str, HostSupport] = {
             "axolotl",
             "0.19.0",
             None,
-            (("0.19.0", "3.11", "2026-11-29"), ("0.21.0", "3.12", "2026-11-29")),
+            (("0.19.0", "3.11", "2026-12-08"), ("0.21.0", "3.12", "2026-12-08")),
             "rl: dpo / ipo / simpo / grpo, LoRA, GPO kinds, precomputed reference, resume, kill and resume (0.19), "
             "APO reward model (0.19)",
         ),
@@ -83,14 +83,14 @@ HOSTS: dict[str, HostSupport] = {
             "openrlhf",
             "0.11.2",
             None,
-            (("0.11.2", "3.11", "2026-11-29"),),
+            (("0.11.2", "3.11", "2026-12-08"),),
             "train_dpo (ZeRO-2/3, GPO kinds, SimPO, resume, 2 ranks), train_rm with APO",
         ),
         HostSupport(
             "llamafactory",
             "0.9.5",
             None,
-            (("0.9.5", "3.11", "2026-12-07"),),
+            (("0.9.5", "3.11", "2026-12-08"),),
             "stage: dpo with pref_loss sigmoid / simpo / orpo and package-computed GPO kinds, full / freeze / LoRA, "
             "ref_model, evaluation, DeepSpeed ZeRO-2/3 (2 ranks; LoRA resumed under ZeRO-2), checkpoints, kill and "
             "resume; stage: rm with APO",
@@ -99,7 +99,7 @@ HOSTS: dict[str, HostSupport] = {
             "deepspeed",
             "0.19.6",
             None,
-            (("0.19.6", "3.11", "2026-11-29"), ("0.19.8", "3.11", "2026-11-29")),
+            (("0.19.6", "3.11", "2026-12-08"), ("0.19.8", "3.11", "2026-12-08")),
             "under OpenRLHF: train_dpo and train_rm; under LLaMA-Factory 0.9.5 (0.19.8): DPO with ZeRO-2/3",
         ),
     )
