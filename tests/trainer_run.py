@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: The metrics every GANPO training step logs, on every host.
+GANPO_METRICS = {"ganpo/adv_loss", "ganpo/d_pos/loss", "ganpo/d_neg/loss", "ganpo/d_pos/accuracy", "ganpo/skipped"}
+
 
 @dataclass
 class TrainerRun:
@@ -37,3 +40,13 @@ class TrainerRun:
 
     def assert_ok(self) -> None:
         assert self.returncode == 0, self.log[-4000:]
+
+    def assert_trained(self, steps: int) -> None:
+        """The run ended well after ``steps`` logged steps, each with :data:`GANPO_METRICS`, and as many
+        discriminator updates in ``checkpoint-<steps>``."""
+        self.assert_ok()
+        history = self.history()
+        assert len(history) == steps
+        for entry in history:
+            assert GANPO_METRICS <= entry.keys(), sorted(entry)
+        assert self.regularizer_state(steps)["state"]["disc_steps"] == steps

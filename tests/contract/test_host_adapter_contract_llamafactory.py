@@ -6,12 +6,12 @@ model, reference and pairwise collator), and leaves training to the suite."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from contract.host_harness import HostAdapterContract, HostHarness, Run, TransformersTrainerHarness
+from llamafactory_dataset import write_ranking_dataset
 
 pytest.importorskip("llamafactory.train.tuner", reason="needs LLaMA-Factory: tox -e llamafactory")
 
@@ -66,12 +66,6 @@ class TestLlamaFactoryCustomDPOTrainer(HostAdapterContract):
     @classmethod
     def harness(cls, tiny_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> HostHarness:
         folder = tmp_path_factory.mktemp("lf_contract_data")
-        info = {
-            "tiny_prefs": {
-                "file_name": str(tiny_assets / "prefs.jsonl"),
-                "ranking": True,
-                "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
-            }
-        }
-        (folder / "dataset_info.json").write_text(json.dumps(info))
-        return LlamaFactoryHarness(tiny_assets, folder)
+        return LlamaFactoryHarness(
+            tiny_assets, write_ranking_dataset(folder, "tiny_prefs", tiny_assets / "prefs.jsonl")
+        )

@@ -22,13 +22,17 @@ class TRLGRPOHarness(TRLHarness):
         from datasets import Dataset
         from transformers import AutoModelForCausalLM
         from trl import GRPOConfig, GRPOTrainer
+        from trl_args import rl_args
 
         spec = run.spec
-        args = GRPOConfig(
-            output_dir=str(run.workdir / "out"), use_cpu=True, per_device_train_batch_size=4, num_generations=4,
-            max_completion_length=8, max_steps=spec.steps, gradient_accumulation_steps=spec.accumulation,
-            logging_steps=1, report_to=[], learning_rate=1e-3, seed=0, disable_tqdm=True, **self.saving(spec),
-        )  # fmt: skip
+        args = rl_args(
+            run.workdir,
+            GRPOConfig,
+            4,
+            max_steps=spec.steps,
+            gradient_accumulation_steps=spec.accumulation,
+            **self.saving(spec),
+        )
         prompts = Dataset.from_dict({"prompt": self.pairs["prompt"]})
         model = AutoModelForCausalLM.from_pretrained(self.model_dir)
         return GRPOTrainer(

@@ -37,7 +37,6 @@ GPO_F: dict[str, Callable[[float], float]] = {  # docs/methods.md, f(x) at x = �
 }
 # docs/bad-input.md is the test data: each row's overrides must fail with each listed fragment.
 COMBINATIONS = [(json.loads(overrides), fragments) for overrides, fragments in table("Axolotl combinations")]
-GANPO_METRICS = {"ganpo/adv_loss", "ganpo/d_pos/loss", "ganpo/d_neg/loss", "ganpo/d_pos/accuracy", "ganpo/skipped"}
 
 
 def _assert_loss_is(
@@ -46,15 +45,6 @@ def _assert_loss_is(
     for entry in history:
         expected = base(entry) + weight * entry["ganpo/adv_loss"]
         assert entry["loss"] == pytest.approx(expected, rel=1e-5, abs=1e-6), entry
-
-
-def _assert_trained(run: Any, steps: int) -> None:
-    run.assert_ok()
-    history = run.history()
-    assert len(history) == steps
-    for entry in history:
-        assert GANPO_METRICS <= entry.keys(), sorted(entry)
-    assert run.regularizer_state(steps)["state"]["disc_steps"] == steps
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -104,7 +94,7 @@ def test_a_misspelt_block_is_refused_before_any_model_loads(
 
 @pytest.mark.newest
 def test_dpo_adds_the_term_logs_it_and_trains_the_discriminators(dpo: Any, plain: Any) -> None:
-    _assert_trained(dpo, 4)
+    dpo.assert_trained(4)
     plain.assert_ok()
     history, baseline = dpo.history(), plain.history()
     _assert_loss_is(history, lambda e: GPO_F["logistic"](e["rewards/margins"]))
@@ -166,7 +156,7 @@ def test_resume_restores_the_regularizer_exactly(
 def test_lora_reference_with_a_gpo_loss(axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]) -> None:
     lora = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_linear": True}
     run = axolotl_train("lora", axolotl_cfg("lora", {**lora, "ganpo": {"preference_loss": "savage"}}))
-    _assert_trained(run, 4)
+    run.assert_trained(4)
     assert (run.checkpoint(4) / "adapter_model.safetensors").exists()
     _assert_loss_is(run.history(), lambda e: GPO_F["savage"](e["rewards/margins"]))
 
@@ -176,7 +166,7 @@ def test_gpo_kind_is_the_base_loss(
     kind: str, axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]
 ) -> None:
     run = axolotl_train(kind, axolotl_cfg(kind, {"max_steps": 3, "save_steps": 3, "ganpo": {"preference_loss": kind}}))
-    _assert_trained(run, 3)
+    run.assert_trained(3)
     history = run.history()
     assert any(abs(e["rewards/margins"]) > 1e-5 for e in history[1:])  # f is probed away from 0 too
     _assert_loss_is(history, lambda e: GPO_F[kind](e["rewards/margins"]))
@@ -186,7 +176,7 @@ def test_gpo_kind_is_the_base_loss(
 def test_precomputed_reference_with_savage(axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]) -> None:
     overrides = {"precompute_ref_log_probs": True, "max_steps": 3, "save_steps": 3}
     run = axolotl_train("precompute", axolotl_cfg("precompute", {**overrides, "ganpo": {"preference_loss": "savage"}}))
-    _assert_trained(run, 3)
+    run.assert_trained(3)
     assert "extra no-grad forward of the reference model" in run.log  # the adapter ran the reference itself
     history = run.history()
     assert any(abs(e["rewards/margins"]) > 1e-5 for e in history[1:])
@@ -195,7 +185,7 @@ def test_precomputed_reference_with_savage(axolotl_cfg: Callable[..., Any], axol
 
 def test_ipo_keeps_axolotls_ipo_loss(axolotl_cfg: Callable[..., Any], axolotl_train: Callable[..., Any]) -> None:
     run = axolotl_train("ipo", axolotl_cfg("ipo", {"rl": "ipo", "max_steps": 2}))
-    _assert_trained(run, 2)
+    run.assert_trained(2)
     first = run.history()[0]  # policy == reference: ρ = 0, TRL's IPO is (0 − 1/(2β))²
     assert first["rewards/margins"] == 0
     assert first["loss"] == pytest.approx(1 / (2 * BETA) ** 2 + first["ganpo/adv_loss"], rel=1e-6)
@@ -208,7 +198,7 @@ def test_simpo_uses_the_second_model_as_reference(
     gamma, beta = 0.5, 2.0
     overrides = {"rl": "simpo", "rl_beta": beta, "simpo_gamma": gamma, "cpo_alpha": 0.0, "max_steps": 3}
     run = axolotl_train("simpo", axolotl_cfg("simpo", {**overrides, "save_steps": 3}))
-    _assert_trained(run, 3)
+    run.assert_trained(3)
     assert "frozen copy of the policy" not in run.log  # Axolotl's second model served as reference
 
     def simpo(e: dict[str, Any]) -> float:  # logps/* are SimPO's length-averaged log-probabilities

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from llamafactory_dataset import write_ranking_dataset
 from trainer_run import TrainerRun
 
 EXAMPLE = "examples/llamafactory/tiny_dpo_ganpo.yaml"
@@ -48,17 +49,7 @@ def lf_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def lf_dataset_dir(tiny_assets: Path, lf_workdir: Path) -> Path:
     """A LLaMA-Factory ``dataset_dir``: ``dataset_info.json`` naming the tiny pairs as a ranking dataset."""
-    folder = lf_workdir / "data"
-    folder.mkdir(exist_ok=True)
-    info = {
-        "tiny_prefs": {
-            "file_name": str(tiny_assets / "prefs.jsonl"),
-            "ranking": True,
-            "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
-        }
-    }
-    (folder / "dataset_info.json").write_text(json.dumps(info))
-    return folder
+    return write_ranking_dataset(lf_workdir / "data", "tiny_prefs", tiny_assets / "prefs.jsonl")
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ import torch
 
 pytest.importorskip("llamafactory.train.tuner", reason="needs LLaMA-Factory: tox -e llamafactory")
 
+from llamafactory_dataset import write_ranking_dataset
+
 from ganpo_plugins.apo import APOConfigError
 from ganpo_plugins.apo.data import apo_pairs, golden_responses, human_pairs, read_jsonl, write_jsonl
 from ganpo_plugins.config import GANPOConfigError
@@ -22,6 +24,7 @@ from ganpo_plugins.config import GANPOConfigError
 pytestmark = [pytest.mark.llamafactory, pytest.mark.slow]
 
 EXAMPLE = "examples/llamafactory/tiny_rm_apo.yaml"
+DATASET = "tiny_apo_pairs"  # the example's dataset name
 APO = {"c_human": 1.0, "c_apo": 0.1, "samples_per_prompt": 2}
 LOAD_MARKS = ("loading weights file",)
 
@@ -36,10 +39,7 @@ def apo_data(tiny_assets: Path, lf_workdir: Path) -> tuple[Path, list[dict[str, 
     folder = lf_workdir / "apo_data"
     folder.mkdir(exist_ok=True)
     write_jsonl(folder / "pairs.jsonl", rows)
-    columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
-    info = {"tiny_apo_pairs": {"file_name": str(folder / "pairs.jsonl"), "ranking": True, "columns": columns}}
-    (folder / "dataset_info.json").write_text(json.dumps(info))
-    return folder, rows
+    return write_ranking_dataset(folder, DATASET, folder / "pairs.jsonl"), rows
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +83,7 @@ def apo_run(
     cfg = _apo_cfg(
         "apo", example_config, lf_workdir, apo_data[0], reward_model,
         per_device_train_batch_size=n, per_device_eval_batch_size=n, max_steps=2, save_steps=1,
-        eval_dataset="tiny_apo_pairs", eval_strategy="steps", eval_steps=1, eval_on_start=True,
+        eval_dataset=DATASET, eval_strategy="steps", eval_steps=1, eval_on_start=True,
         disable_shuffling=True, tokenized_path=str(lf_workdir / "apo" / "tokenized"),
     )  # fmt: skip
     return lf_train("apo", cfg)
@@ -199,12 +199,10 @@ def test_a_flag_that_is_not_a_boolean_stops_the_run_while_the_data_is_read(
     lf_train: Callable[..., Any],
 ) -> None:
     folder = lf_workdir / "apo_bad_data"
-    shutil.copytree(apo_data[0], folder, dirs_exist_ok=True)
+    folder.mkdir()
     rows = [{**r, "is_apo": str(r["is_apo"]).lower()} for r in apo_data[1]]  # "true" and "false": strings
     write_jsonl(folder / "pairs.jsonl", rows)
-    info = json.loads((folder / "dataset_info.json").read_text())
-    info["tiny_apo_pairs"]["file_name"] = str(folder / "pairs.jsonl")
-    (folder / "dataset_info.json").write_text(json.dumps(info))
+    write_ranking_dataset(folder, DATASET, folder / "pairs.jsonl")
     run = lf_train("apo-bad-flag", _apo_cfg("apo-bad-flag", example_config, lf_workdir, folder, reward_model))
     assert run.returncode == 2, run.log[-3000:]
     assert (

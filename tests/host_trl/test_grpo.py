@@ -21,6 +21,7 @@ from datasets import Dataset
 from ganpo_trl import OnlineRLAttachment, attach_regularizer
 from state_equality import assert_states_equal
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+from trl_args import rl_args
 
 import ganpo_plugins
 from ganpo_plugins.adapter_kit import versions as hosts
@@ -44,24 +45,6 @@ def prompts(pairs: Any) -> Dataset:
     return Dataset.from_dict({"prompt": pairs["prompt"][:8]})
 
 
-def rl_args(tmp_path: Path, config_class: type = GRPOConfig, **overrides: Any) -> Any:
-    settings: dict[str, Any] = {
-        "output_dir": str(tmp_path / "out"),
-        "use_cpu": True,
-        "per_device_train_batch_size": GENERATIONS,
-        "num_generations": GENERATIONS,
-        "max_completion_length": 8,
-        "max_steps": 2,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": [],
-        "learning_rate": 1e-3,
-        "seed": 0,
-        "disable_tqdm": True,
-    }
-    return config_class(**{**settings, **overrides})
-
-
 @pytest.fixture
 def make_trainer(tmp_path: Path, load_model: Callable[[], Any], tokenizer: Any, prompts: Dataset) -> Callable[..., Any]:
     def make(rloo: bool = False, peft_config: Any = None, reward_fn: Any = reward, **overrides: Any) -> Any:
@@ -69,7 +52,7 @@ def make_trainer(tmp_path: Path, load_model: Callable[[], Any], tokenizer: Any, 
         return trainer_class(
             load_model(),
             reward_funcs=reward_fn,
-            args=rl_args(tmp_path, config_class, **overrides),
+            args=rl_args(tmp_path, config_class, GENERATIONS, **overrides),
             train_dataset=prompts,
             processing_class=tokenizer,
             peft_config=peft_config,

@@ -87,7 +87,7 @@ def apo_pairwise_trainer(pairwise_trainer: type, settings: APOSettings) -> type:
             loss = self.apo_settings.rm_loss(chosen, rejected, is_apo.to(chosen.device))
             counts = apo_pair_counts(chosen.detach(), rejected.detach(), is_apo)
             mode = "train" if model.training else "eval"
-            self._apo_counts[mode] += self.accelerator.gather(counts.to(chosen.device)).view(-1, 4).sum(0).cpu()
+            self._apo_counts[mode] += self.accelerator.gather(counts).view(-1, 4).sum(0).cpu()
             return (loss, (loss, *outputs[1:])) if return_outputs else loss
 
         def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
